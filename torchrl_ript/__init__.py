@@ -1,0 +1,1 @@
+"""torchrl-ript: RIPT-VLA on TorchRL."""

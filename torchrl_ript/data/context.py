@@ -1,0 +1,469 @@
+"""The context dataset D_c: where every RIPT rollout group starts."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tensordict import TensorDict, TensorDictBase
+
+__all__ = ["ContextDataset"]
+
+_SAMPLERS = ("uniform", "per_task")
+
+
+class ContextDataset:
+    """Initial contexts ``c = (task, instruction, initial simulator state)``.
+
+    One row per context. The state is the env's own encoding of a start
+    (see :mod:`torchrl_ript.envs.common`); all rows share its size ``D``.
+
+    Args:
+        states: ``[N, D]`` initial states (anything ``torch.as_tensor`` takes).
+        task_ids: ``[N]`` index of each row's task in ``task_names``.
+        task_names: the task of each id.
+        instructions: the language instruction of each task (defaults to the
+            task names).
+
+    Keyword Args:
+        first_observations (TensorDictBase, optional): ``[N]`` first
+            observations, when known (e.g. read from demonstrations).
+        sampler (str): ``"uniform"`` draws rows uniformly; ``"per_task"`` first
+            draws a task uniformly, then a row of that task, so that tasks with
+            more contexts are not favoured. Defaults to ``"uniform"``.
+        noise_std (float or sequence of float): standard deviation of Gaussian
+            noise added to each *drawn* state (the paper's Fig. 7 robustness
+            study: group members then start from slightly different states).
+            A sequence gives one std per state dimension (zero leaves that
+            dimension exact). Defaults to ``0.0`` (exact contexts).
+        seed (int, optional): seed of the dataset's sampling generator.
+
+    Examples:
+        >>> ds = ContextDataset(
+        ...     [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]],
+        ...     task_ids=[0, 0, 1],
+        ...     task_names=["reach", "push"],
+        ...     seed=0,
+        ... )
+        >>> len(ds), ds.state_dim, ds.num_tasks
+        (3, 2, 2)
+        >>> batch = ds.sample(4)
+        >>> batch["state"].shape, batch["task_id"].shape
+        (torch.Size([4, 2]), torch.Size([4]))
+        >>> ds.instruction(1)
+        'push'
+    """
+
+    def __init__(
+        self,
+        states,
+        task_ids,
+        task_names: Sequence[str],
+        instructions: Sequence[str] | None = None,
+        *,
+        first_observations: TensorDictBase | None = None,
+        sampler: str = "uniform",
+        noise_std: float | Sequence[float] = 0.0,
+        seed: int | None = None,
+    ) -> None:
+        states = _as_state_matrix(states)
+        task_ids = torch.as_tensor(task_ids, dtype=torch.int64).reshape(-1)
+        if states.shape[0] == 0:
+            raise ValueError(
+                "ContextDataset is empty: give at least one initial state "
+                "(from demonstrations, benchmark init files or a list)."
+            )
+        if task_ids.shape[0] != states.shape[0]:
+            raise ValueError(
+                f"{states.shape[0]} states but {task_ids.shape[0]} task ids: give "
+                "one task id per state."
+            )
+        task_names = [str(name) for name in task_names]
+        if not task_names:
+            raise ValueError("task_names is empty: name at least one task.")
+        if task_ids.min() < 0 or task_ids.max() >= len(task_names):
+            raise ValueError(
+                f"task ids must lie in [0, {len(task_names) - 1}] (one per name in "
+                f"task_names), got range [{int(task_ids.min())}, {int(task_ids.max())}]."
+            )
+        if instructions is None:
+            instructions = list(task_names)
+        instructions = [str(text) for text in instructions]
+        if len(instructions) != len(task_names):
+            raise ValueError(
+                f"{len(instructions)} instructions for {len(task_names)} tasks: give "
+                "one instruction per task."
+            )
+        if first_observations is not None and first_observations.shape[:1] != (
+            states.shape[0],
+        ):
+            raise ValueError(
+                "first_observations must have one row per state: "
+                f"got batch size {tuple(first_observations.batch_size)} for "
+                f"{states.shape[0]} states."
+            )
+        if sampler not in _SAMPLERS:
+            raise ValueError(f"sampler must be one of {_SAMPLERS}, got {sampler!r}.")
+        self.states = states
+        self.task_ids = task_ids
+        self.task_names = task_names
+        self.instructions = instructions
+        self.first_observations = first_observations
+        self.sampler = sampler
+        self.noise_std = _as_noise(noise_std, states.shape[1])
+        self.generator = torch.Generator()
+        self.seed = seed
+        if seed is not None:
+            self.generator.manual_seed(seed)
+
+    # -- constructors -------------------------------------------------------
+    @classmethod
+    def from_list(cls, contexts: Iterable[dict], **kwargs) -> ContextDataset:
+        """Build from dicts ``{"task": name, "state": [...], "instruction": str?}``.
+
+        Examples:
+            >>> ds = ContextDataset.from_list([
+            ...     {"task": "open drawer", "state": [0.1, 0.2]},
+            ...     {"task": "close drawer", "state": [0.3, 0.4],
+            ...      "instruction": "close the drawer"},
+            ... ])
+            >>> ds.task_names, ds.instruction(1)
+            (['open drawer', 'close drawer'], 'close the drawer')
+        """
+        contexts = list(contexts)
+        if not contexts:
+            raise ValueError("from_list got no contexts: give at least one.")
+        names: list[str] = []
+        instructions: dict[str, str] = {}
+        task_ids, states = [], []
+        for i, context in enumerate(contexts):
+            missing = {"task", "state"} - set(context)
+            if missing:
+                raise KeyError(f"context {i} lacks {sorted(missing)}: give 'task' and 'state'.")
+            name = str(context["task"])
+            if name not in instructions:
+                names.append(name)
+                instructions[name] = str(context.get("instruction", name))
+            task_ids.append(names.index(name))
+            states.append(np.asarray(context["state"], dtype=np.float64).reshape(-1))
+        return cls(
+            _stack_states(states),
+            task_ids,
+            names,
+            [instructions[name] for name in names],
+            **kwargs,
+        )
+
+    @classmethod
+    def from_init_states(
+        cls,
+        states_per_task: dict[str, object],
+        instructions: dict[str, str] | None = None,
+        **kwargs,
+    ) -> ContextDataset:
+        """Build from ``{task_name: [n_i, D] states}``, e.g. benchmark init files.
+
+        Examples:
+            >>> ds = ContextDataset.from_init_states({"a": np.zeros((3, 2)), "b": np.ones((2, 2))})
+            >>> len(ds), ds.task_ids.tolist()
+            (5, [0, 0, 0, 1, 1])
+        """
+        if not states_per_task:
+            raise ValueError("from_init_states got no tasks: give at least one.")
+        names = list(states_per_task)
+        rows, ids = [], []
+        for task_id, name in enumerate(names):
+            block = _as_state_matrix(states_per_task[name])
+            if block.shape[0] == 0:
+                raise ValueError(f"task {name!r} has no initial states.")
+            rows.append(block)
+            ids += [task_id] * block.shape[0]
+        instructions = instructions or {}
+        return cls(
+            _concat_checked(rows, names),
+            ids,
+            names,
+            [instructions.get(name, name) for name in names],
+            **kwargs,
+        )
+
+    @classmethod
+    def from_demonstrations(
+        cls,
+        paths: str | Path | Sequence[str | Path],
+        *,
+        state_key: str = "states",
+        **kwargs,
+    ) -> ContextDataset:
+        """First state of every demo in robomimic/LIBERO-style HDF5 files.
+
+        Each file holds ``data/demo_i/<state_key>`` (``[T, D]``); the context is
+        its first row, or ``data/demo_i/context_state`` when a writer stored
+        the context in another encoding (MetaWorld stores its ``rand_vec``).
+        The task name and instruction come from the ``data`` group attributes
+        ``task_name`` / ``language_instruction``, or LIBERO's ``problem_info``
+        JSON, or else the file name.
+
+        Examples:
+            >>> import h5py, tempfile, os
+            >>> path = os.path.join(tempfile.mkdtemp(), "pick_demo.hdf5")
+            >>> with h5py.File(path, "w") as f:
+            ...     g = f.create_group("data")
+            ...     g.attrs["language_instruction"] = "pick the cube"
+            ...     for i in range(2):
+            ...         _ = g.create_dataset(f"demo_{i}/states", data=np.full((5, 3), i, float))
+            >>> ds = ContextDataset.from_demonstrations(path)
+            >>> len(ds), ds.instruction(0), ds.states[1].tolist()
+            (2, 'pick the cube', [1.0, 1.0, 1.0])
+        """
+        import h5py
+
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        per_task: dict[str, list[np.ndarray]] = {}
+        instructions: dict[str, str] = {}
+        for path in paths:
+            path = Path(path)
+            if not path.exists():
+                raise FileNotFoundError(f"demonstration file {path} does not exist.")
+            with h5py.File(path, "r") as file:
+                if "data" not in file:
+                    raise KeyError(f"{path} has no 'data' group: not a robomimic/LIBERO demo file.")
+                data = file["data"]
+                name, instruction = _demo_task(data, path)
+                demos = sorted(data.keys(), key=_demo_index)
+                if not demos:
+                    raise ValueError(f"{path} holds no demos under 'data'.")
+                for demo in demos:
+                    group = data[demo]
+                    if "context_state" in group:
+                        state = np.asarray(group["context_state"][()], dtype=np.float64)
+                    elif state_key in group:
+                        state = np.asarray(group[state_key][0], dtype=np.float64)
+                    else:
+                        raise KeyError(
+                            f"{path}:data/{demo} has neither 'context_state' nor "
+                            f"{state_key!r}: pass state_key= naming its state dataset."
+                        )
+                    per_task.setdefault(name, []).append(state.reshape(-1))
+                instructions.setdefault(name, instruction)
+        return cls.from_init_states(
+            {name: _stack_states(rows) for name, rows in per_task.items()},
+            instructions,
+            **kwargs,
+        )
+
+    # -- access -------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.states.shape[0]
+
+    @property
+    def state_dim(self) -> int:
+        return self.states.shape[1]
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_names)
+
+    def instruction(self, task_id: int) -> str:
+        return self.instructions[int(task_id)]
+
+    def task_contexts(self, task: int | str) -> torch.Tensor:
+        """Indices of the contexts of one task (by id or name)."""
+        task_id = self.task_names.index(task) if isinstance(task, str) else int(task)
+        return torch.nonzero(self.task_ids == task_id).reshape(-1)
+
+    def __getitem__(self, index) -> TensorDict:
+        """Rows as a TensorDict ``{context_id, task_id, state}`` (no noise)."""
+        index = torch.as_tensor(index, dtype=torch.int64)
+        return TensorDict(
+            {
+                "context_id": index,
+                "task_id": self.task_ids[index],
+                "state": self.states[index],
+            },
+            batch_size=index.shape,
+        )
+
+    def sample(
+        self,
+        n: int,
+        *,
+        task: int | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> TensorDict:
+        """Draw ``n`` context rows (with replacement) with the seeded generator.
+
+        Noise, if configured, is *not* added here: the contexts stay exact
+        identifiers; :meth:`initial_states` adds it per rollout.
+        """
+        generator = self.generator if generator is None else generator
+        if task is not None:
+            pool = self.task_contexts(task)
+            if pool.numel() == 0:
+                raise ValueError(f"task {task!r} has no contexts in this dataset.")
+            pick = torch.randint(pool.numel(), (n,), generator=generator)
+            return self[pool[pick]]
+        if self.sampler == "uniform":
+            return self[torch.randint(len(self), (n,), generator=generator)]
+        present = torch.unique(self.task_ids)
+        tasks = present[torch.randint(present.numel(), (n,), generator=generator)]
+        index = torch.empty(n, dtype=torch.int64)
+        for task_id in tasks.unique():
+            where = tasks == task_id
+            pool = self.task_contexts(int(task_id))
+            index[where] = pool[
+                torch.randint(pool.numel(), (int(where.sum()),), generator=generator)
+            ]
+        return self[index]
+
+    def initial_states(
+        self, context_ids: torch.Tensor, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The states to reset to, one per id, with the configured noise added."""
+        states = self.states[torch.as_tensor(context_ids, dtype=torch.int64)]
+        if self.noise_std is None:
+            return states.clone()
+        generator = self.generator if generator is None else generator
+        noise = torch.randn(states.shape, generator=generator, dtype=torch.float64)
+        return states + noise * self.noise_std
+
+    def split(self, held_out_per_task: int, *, seed: int = 0) -> tuple[ContextDataset, ContextDataset]:
+        """Split into (train, held-out) with ``held_out_per_task`` rows per task."""
+        generator = torch.Generator().manual_seed(seed)
+        held = []
+        for task_id in range(self.num_tasks):
+            pool = self.task_contexts(task_id)
+            if pool.numel() <= held_out_per_task:
+                raise ValueError(
+                    f"task {self.task_names[task_id]!r} has {pool.numel()} contexts, "
+                    f"cannot hold out {held_out_per_task} and keep any for training."
+                )
+            held.append(pool[torch.randperm(pool.numel(), generator=generator)[:held_out_per_task]])
+        held = torch.cat(held).sort().values
+        keep = torch.ones(len(self), dtype=torch.bool)
+        keep[held] = False
+        return self.subset(torch.nonzero(keep).reshape(-1)), self.subset(held)
+
+    def subset(self, index) -> ContextDataset:
+        index = torch.as_tensor(index, dtype=torch.int64)
+        return ContextDataset(
+            self.states[index],
+            self.task_ids[index],
+            self.task_names,
+            self.instructions,
+            first_observations=None
+            if self.first_observations is None
+            else self.first_observations[index],
+            sampler=self.sampler,
+            noise_std=0.0 if self.noise_std is None else self.noise_std.tolist(),
+            seed=self.seed,
+        )
+
+    # -- persistence ----------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Save to one file (``torch.save``), loadable with :meth:`load`."""
+        torch.save(
+            {
+                "states": self.states,
+                "task_ids": self.task_ids,
+                "task_names": self.task_names,
+                "instructions": self.instructions,
+                "first_observations": None
+                if self.first_observations is None
+                else self.first_observations.to_dict(),
+                "sampler": self.sampler,
+                "noise_std": None if self.noise_std is None else self.noise_std.tolist(),
+                "seed": self.seed,
+            },
+            path,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> ContextDataset:
+        blob = torch.load(path, weights_only=False)
+        first = blob["first_observations"]
+        if first is not None:
+            first = TensorDict(first, batch_size=[blob["states"].shape[0]])
+        return cls(
+            blob["states"],
+            blob["task_ids"],
+            blob["task_names"],
+            blob["instructions"],
+            first_observations=first,
+            sampler=blob["sampler"],
+            noise_std=blob["noise_std"] or 0.0,
+            seed=blob["seed"],
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(contexts={len(self)}, tasks={self.num_tasks}, "
+            f"state_dim={self.state_dim}, sampler={self.sampler!r})"
+        )
+
+
+def _as_state_matrix(states) -> torch.Tensor:
+    if isinstance(states, (list, tuple)) and states and not np.isscalar(states[0]):
+        states = _stack_states([np.asarray(s, dtype=np.float64).reshape(-1) for s in states])
+    states = torch.as_tensor(np.asarray(states, dtype=np.float64) if not isinstance(states, torch.Tensor) else states)
+    states = states.to(torch.float64)
+    if states.ndim == 1:
+        states = states.unsqueeze(0) if states.numel() else states.reshape(0, 0)
+    if states.ndim != 2:
+        raise ValueError(f"states must be [N, D], got shape {tuple(states.shape)}.")
+    return states
+
+
+def _stack_states(rows: list[np.ndarray]) -> np.ndarray:
+    sizes = sorted({row.shape[0] for row in rows})
+    if len(sizes) > 1:
+        raise ValueError(
+            f"initial states have inconsistent sizes {sizes}: every context of one "
+            "dataset must use the same state encoding (build one dataset per "
+            "simulator/scene, or pad the states yourself)."
+        )
+    return np.stack(rows) if rows else np.zeros((0, 0))
+
+
+def _concat_checked(blocks: list[torch.Tensor], names: list[str]) -> torch.Tensor:
+    sizes = {name: block.shape[1] for name, block in zip(names, blocks)}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(
+            f"initial states have inconsistent sizes across tasks {sizes}: every "
+            "context of one dataset must use the same state encoding."
+        )
+    return torch.cat(blocks)
+
+
+def _as_noise(noise_std, dim: int) -> torch.Tensor | None:
+    noise = torch.as_tensor(noise_std, dtype=torch.float64).reshape(-1)
+    if noise.numel() == 1:
+        noise = noise.expand(dim).clone()
+    if noise.numel() != dim:
+        raise ValueError(f"noise_std has {noise.numel()} values for states of size {dim}.")
+    if (noise < 0).any():
+        raise ValueError("noise_std must be >= 0.")
+    return None if bool((noise == 0).all()) else noise
+
+
+def _demo_index(name: str) -> int:
+    try:
+        return int(name.rsplit("_", 1)[-1])
+    except ValueError:
+        return 0
+
+
+def _demo_task(data, path: Path) -> tuple[str, str]:
+    attrs = data.attrs
+    name = attrs.get("task_name")
+    instruction = attrs.get("language_instruction")
+    if "problem_info" in attrs:
+        info = json.loads(attrs["problem_info"])
+        instruction = instruction or info.get("language_instruction")
+    stem = path.stem.removesuffix("_demo")
+    name = str(name) if name is not None else stem
+    instruction = str(instruction) if instruction is not None else name
+    return name, instruction
