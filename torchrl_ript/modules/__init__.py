@@ -1,0 +1,24 @@
+"""RIPT actors: token (categorical) and continuous (Laplace/Gaussian) policies."""
+from torchrl_ript.modules.actors import (
+    make_continuous_actor,
+    make_rollout_policy,
+    make_token_actor,
+)
+from torchrl_ript.modules.distributions import (
+    IndependentLaplace,
+    IndependentNormal,
+    TokenCategorical,
+)
+from torchrl_ript.modules.scale_head import ScaleHead, chunk_nll, fit_scale_head
+
+__all__ = [
+    "make_continuous_actor",
+    "make_rollout_policy",
+    "make_token_actor",
+    "IndependentLaplace",
+    "IndependentNormal",
+    "TokenCategorical",
+    "ScaleHead",
+    "chunk_nll",
+    "fit_scale_head",
+]
