@@ -1,0 +1,4 @@
+"""Collectors: grouped rollouts from exact contexts with dynamic sampling."""
+from torchrl_ript.collectors.group import CollectionStats, GroupCollector, make_ript_replay_buffer
+
+__all__ = ["CollectionStats", "GroupCollector", "make_ript_replay_buffer"]

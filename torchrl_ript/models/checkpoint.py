@@ -1,0 +1,51 @@
+"""Save / load a policy as ``{kind, config, state_dict}`` (one ``torch.save`` file).
+
+Reloading rebuilds the network from its config and loads the weights, so a
+reloaded policy gives identical outputs. Configs are stored as plain dicts
+(no pickled classes), loaded with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchrl_ript.models.laplace_policy import RegressionConfig, RegressionPolicy
+from torchrl_ript.models.quest import QuestConfig, QuestPolicy
+
+__all__ = ["save_policy", "load_policy", "POLICY_KINDS"]
+
+POLICY_KINDS: dict[str, tuple[type[nn.Module], type]] = {
+    "quest": (QuestPolicy, QuestConfig),
+    "regression": (RegressionPolicy, RegressionConfig),
+}
+
+
+def _kind_of(policy: nn.Module) -> str:
+    for kind, (cls, _) in POLICY_KINDS.items():
+        if isinstance(policy, cls):
+            return kind
+    raise TypeError(f"no checkpoint kind registered for {type(policy).__name__}.")
+
+
+def save_policy(policy: nn.Module, path: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> None:
+    """Write ``policy``'s kind, config and weights (plus ``extra`` metadata)."""
+    payload = {
+        "kind": _kind_of(policy),
+        "config": policy.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in policy.state_dict().items()},
+        "extra": extra or {},
+    }
+    torch.save(payload, path)
+
+
+def load_policy(path: str | os.PathLike, *, map_location: str | torch.device = "cpu", return_extra: bool = False):
+    """Rebuild the policy saved by :func:`save_policy` (in ``eval`` mode)."""
+    payload = torch.load(path, map_location=map_location, weights_only=True)
+    cls, config_cls = POLICY_KINDS[payload["kind"]]
+    policy = cls(config_cls(**payload["config"]))
+    policy.load_state_dict(payload["state_dict"])
+    policy.to(map_location).eval()
+    return (policy, payload["extra"]) if return_extra else policy

@@ -1,0 +1,430 @@
+"""QueST-style token policy: FSQ skill autoencoder + autoregressive skill prior.
+
+Design (after Mete et al., "QueST: Self-Supervised Skill Abstractions for
+Learning Continuous Control", NeurIPS 2024; own implementation):
+
+* :class:`SkillAutoencoder` turns an action chunk ``[B, T, A]`` (``T=32``)
+  into ``L = T / downsample`` skill tokens (``L=8``) with a *causal* encoder
+  (causal self-attention, then causal strided 1-D convolutions, so token
+  ``j`` only sees actions ``<= (j+1)*downsample - 1``), finite scalar
+  quantization (FSQ levels ``[8, 5, 5, 5]`` = 1000 codes, from
+  ``vector-quantize-pytorch``) and a causal decoder (position queries with
+  causal self-attention, cross-attending only to the tokens that cover
+  their past).
+* :class:`SkillPrior`: a GPT over ``[context tokens, <start>, s_0 ..
+  s_{L-2}]`` whose outputs at the start/skill positions are the logits of
+  ``s_0 .. s_{L-1}``; the context is the task embedding + one token per
+  camera + a proprio token (:class:`~torchrl_ript.models.common.ObservationEncoder`).
+* :class:`QuestPolicy` (the actor's network) *samples the tokens itself*,
+  autoregressively, and writes both ``"action_tokens"`` and ``"logits"``;
+  when ``"action_tokens"`` is already in the input (scoring) it
+  teacher-forces them instead. The logits written are those of one
+  teacher-forced pass on the final token sequence, so the log-prob the actor
+  writes while acting equals ``actor.get_dist(td).log_prob(td["action_tokens"])``
+  recomputed by the loss. Because the network writes the tokens, TorchRL's
+  ``ProbabilisticActor`` does not resample them (its ``_requires_sample`` is
+  ``False``) and only scores them.
+* :func:`make_quest_actor` builds that actor; :class:`QuestDecoder` is the
+  rollout decoder (tokens -> first ``n_exec`` actions of the chunk).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from tensordict.utils import NestedKey
+from torch import nn
+from torchrl.envs.utils import ExplorationType, exploration_type
+from torchrl.modules import ProbabilisticActor
+
+from torchrl_ript.models.common import EncoderConfig, ObservationEncoder, count_parameters
+from torchrl_ript.modules.distributions import TokenCategorical
+
+__all__ = [
+    "QuestConfig",
+    "SkillAutoencoder",
+    "SkillPrior",
+    "QuestPolicy",
+    "QuestDecoder",
+    "QuestActor",
+    "make_quest_actor",
+    "quest_config",
+]
+
+
+@dataclass
+class QuestConfig:
+    """All sizes of a QueST policy (see :func:`quest_config` for presets)."""
+
+    action_dim: int = 4
+    chunk_size: int = 32
+    downsample: int = 4
+    fsq_levels: tuple[int, ...] = (8, 5, 5, 5)
+    n_exec: int = 8
+    # autoencoder
+    ae_dim: int = 32
+    ae_heads: int = 2
+    ae_encoder_layers: int = 1
+    ae_decoder_layers: int = 1
+    ae_conv_kernel: int = 5
+    # prior
+    prior_dim: int = 32
+    prior_heads: int = 2
+    prior_layers: int = 1
+    dropout: float = 0.0
+    # sampling (part of the scored distribution, see TokenCategorical)
+    temperature: float = 1.0
+    top_k: int | None = None
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+    def __post_init__(self):
+        if isinstance(self.encoder, dict):
+            self.encoder = EncoderConfig(**self.encoder)
+        self.fsq_levels = tuple(self.fsq_levels)
+        if self.chunk_size % self.downsample:
+            raise ValueError("chunk_size must be a multiple of downsample.")
+        if self.downsample & (self.downsample - 1):
+            raise ValueError("downsample must be a power of 2 (stride-2 convolutions).")
+        if not 1 <= self.n_exec <= self.chunk_size:
+            raise ValueError("n_exec must be in [1, chunk_size].")
+        if self.encoder.embed_dim != self.prior_dim:
+            self.encoder.embed_dim = self.prior_dim
+
+    @property
+    def n_tokens(self) -> int:
+        return self.chunk_size // self.downsample
+
+    @property
+    def vocab_size(self) -> int:
+        return math.prod(self.fsq_levels)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def quest_config(preset: str = "small", **overrides) -> QuestConfig:
+    """Preset sizes: ``"tiny"`` (tests), ``"small"`` (CPU, ~2M params),
+    ``"paper"`` (~20M, QueST-like widths). ``overrides`` replace fields;
+    ``encoder=dict(...)`` overrides encoder fields."""
+    enc_over = overrides.pop("encoder", {}) or {}
+    if isinstance(enc_over, EncoderConfig):
+        enc_over = asdict(enc_over)
+    if preset == "tiny":
+        enc = dict(image_size=32, resnet_widths=(8, 16), resnet_blocks=(1, 1), state_hidden=32)
+        cfg = dict(
+            chunk_size=8, downsample=2, fsq_levels=(5, 3), n_exec=2,
+            ae_dim=32, ae_heads=2, ae_encoder_layers=1, ae_decoder_layers=1, ae_conv_kernel=3,
+            prior_dim=32, prior_heads=2, prior_layers=1,
+        )
+    elif preset == "small":
+        enc = dict(image_size=64, resnet_widths=(16, 32, 64, 128), resnet_blocks=(1, 1, 1, 1), state_hidden=128)
+        cfg = dict(
+            chunk_size=32, downsample=4, fsq_levels=(8, 5, 5, 5), n_exec=8,
+            ae_dim=128, ae_heads=4, ae_encoder_layers=2, ae_decoder_layers=2,
+            prior_dim=128, prior_heads=4, prior_layers=4,
+        )
+    elif preset == "paper":
+        enc = dict(image_size=128, resnet_widths=(64, 128, 256, 512), resnet_blocks=(1, 1, 1, 1),
+                   state_hidden=256, language="minilm")
+        cfg = dict(
+            chunk_size=32, downsample=4, fsq_levels=(8, 5, 5, 5), n_exec=8,
+            ae_dim=256, ae_heads=4, ae_encoder_layers=2, ae_decoder_layers=4,
+            prior_dim=384, prior_heads=6, prior_layers=6,
+        )
+    else:
+        raise ValueError(f"unknown preset {preset!r}: use 'tiny', 'small' or 'paper'.")
+    enc.update(enc_over)
+    cfg.update(overrides)
+    return QuestConfig(encoder=EncoderConfig(**enc), **cfg)
+
+
+def _causal_mask(n: int, device) -> torch.Tensor:
+    return torch.ones(n, n, dtype=torch.bool, device=device).triu(1)
+
+
+class _CausalConv(nn.Module):
+    """1-D convolution padded on the left only (output ``t`` sees inputs ``<= t``)."""
+
+    def __init__(self, dim: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        self.pad = kernel - stride if stride > 1 else kernel - 1
+        self.conv = nn.Conv1d(dim, dim, kernel, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, D, T]
+        return self.conv(nn.functional.pad(x, (self.pad, 0)))
+
+
+class SkillAutoencoder(nn.Module):
+    """Causal action-chunk autoencoder with FSQ skill tokens.
+
+    ``encode(actions [B, T, A]) -> token ids [B, L]``,
+    ``decode(ids [B, L]) -> actions [B, T, A]``, ``forward`` returns the
+    reconstruction (straight-through FSQ) and the ids.
+    """
+
+    def __init__(self, config: QuestConfig) -> None:
+        super().__init__()
+        from vector_quantize_pytorch import FSQ
+
+        c = config
+        self.config = c
+        d = c.ae_dim
+        self.in_proj = nn.Linear(c.action_dim, d)
+        self.enc_pos = nn.Parameter(torch.randn(1, c.chunk_size, d) * 0.02)
+        self.encoder = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(d, c.ae_heads, 4 * d, c.dropout, batch_first=True, norm_first=True),
+            c.ae_encoder_layers,
+            enable_nested_tensor=False,
+        )
+        n_down = int(math.log2(c.downsample))
+        self.down = nn.ModuleList(_CausalConv(d, max(c.ae_conv_kernel, 2), 2) for _ in range(n_down))
+        self.fsq = FSQ(levels=list(c.fsq_levels), dim=d)
+        self.token_pos = nn.Parameter(torch.randn(1, c.n_tokens, d) * 0.02)
+        self.query_pos = nn.Parameter(torch.randn(1, c.chunk_size, d) * 0.02)
+        self.decoder = nn.TransformerDecoder(
+            nn.TransformerDecoderLayer(d, c.ae_heads, 4 * d, c.dropout, batch_first=True, norm_first=True),
+            c.ae_decoder_layers,
+        )
+        self.out = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, c.action_dim))
+        # query t may read token j iff token j covers only actions <= t
+        t = torch.arange(c.chunk_size)[:, None]
+        j = torch.arange(c.n_tokens)[None, :]
+        memory_mask = (j + 1) * c.downsample - 1 > t
+        memory_mask[:, 0] = False  # every query sees the first token
+        self.register_buffer("memory_mask", memory_mask, persistent=False)
+
+    def _latents(self, actions: torch.Tensor) -> torch.Tensor:
+        x = self.in_proj(actions) + self.enc_pos
+        x = self.encoder(x, mask=_causal_mask(x.shape[1], x.device), is_causal=True)
+        x = x.transpose(1, 2)
+        for i, conv in enumerate(self.down):
+            x = conv(x)
+            if i < len(self.down) - 1:
+                x = nn.functional.gelu(x)
+        return x.transpose(1, 2)  # [B, L, d]
+
+    def encode(self, actions: torch.Tensor) -> torch.Tensor:
+        """Token ids ``[B, L]`` (long) of action chunks ``[B, T, A]``."""
+        _, ids = self.fsq(self._latents(actions))
+        return ids.long()
+
+    def _decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        memory = codes + self.token_pos
+        queries = self.query_pos.expand(codes.shape[0], -1, -1)
+        T = queries.shape[1]
+        x = self.decoder(
+            queries, memory, tgt_mask=_causal_mask(T, codes.device), memory_mask=self.memory_mask,
+            tgt_is_causal=True,
+        )
+        return self.out(x)
+
+    def decode(self, ids: torch.Tensor) -> torch.Tensor:
+        """Action chunks ``[B, T, A]`` of token ids ``[B, L]``."""
+        codes = self.fsq.indices_to_codes(ids.long())
+        return self._decode_codes(codes)
+
+    def forward(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        codes, ids = self.fsq(self._latents(actions))
+        return self._decode_codes(codes), ids.long()
+
+
+class SkillPrior(nn.Module):
+    """GPT over ``[context, <start>, skill tokens]`` -> per-position logits."""
+
+    def __init__(self, config: QuestConfig, n_context: int) -> None:
+        super().__init__()
+        c = config
+        d = c.prior_dim
+        self.vocab_size = c.vocab_size
+        self.start_token = c.vocab_size  # extra id
+        self.tok_emb = nn.Embedding(c.vocab_size + 1, d)
+        self.pos = nn.Parameter(torch.randn(1, n_context + c.n_tokens, d) * 0.02)
+        self.blocks = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(d, c.prior_heads, 4 * d, c.dropout, batch_first=True, norm_first=True),
+            c.prior_layers,
+            enable_nested_tensor=False,
+        )
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, c.vocab_size)
+        self.n_context = n_context
+        self.n_tokens = c.n_tokens
+
+    def forward(self, context: torch.Tensor, tokens_in: torch.Tensor) -> torch.Tensor:
+        """``context [B, C, d]``, ``tokens_in [B, L]`` = ``<start>, s_0 .. s_{L-2}``
+        -> logits ``[B, L, V]`` of ``s_0 .. s_{L-1}``."""
+        x = torch.cat([context, self.tok_emb(tokens_in)], dim=1) + self.pos[:, : context.shape[1] + tokens_in.shape[1]]
+        n = x.shape[1]
+        x = self.blocks(x, mask=_causal_mask(n, x.device), is_causal=True)
+        return self.head(self.norm(x[:, self.n_context :]))
+
+
+class QuestPolicy(TensorDictModuleBase):
+    """The QueST network: observations -> skill tokens + their logits.
+
+    Reads the canonical VLA observation keys. Writes ``tokens_key``
+    (``[B, L]``) and ``logits_key`` (``[B, L, V]``). If ``tokens_key`` is in the
+    input it is teacher-forced (scoring); otherwise tokens are drawn
+    autoregressively: sampled (``ExplorationType.RANDOM``, with the config's
+    temperature / top-k) or greedy (any other exploration type, the
+    ``ProbabilisticActor`` default).
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> policy = QuestPolicy(quest_config("tiny", action_dim=4))
+        >>> td = TensorDict({
+        ...     ("observation", "image"): torch.zeros(2, 3, 32, 32, dtype=torch.uint8),
+        ...     ("observation", "state"): torch.zeros(2, 8),
+        ...     "language_instruction": "open the drawer"}, [2])
+        >>> policy(td)["logits"].shape
+        torch.Size([2, 4, 15])
+    """
+
+    def __init__(
+        self,
+        config: QuestConfig,
+        *,
+        tokens_key: NestedKey = "action_tokens",
+        logits_key: NestedKey = "logits",
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.obs_encoder = ObservationEncoder(config.encoder)
+        self.autoencoder = SkillAutoencoder(config)
+        self.prior = SkillPrior(config, self.obs_encoder.n_tokens)
+        self.tokens_key = tokens_key
+        self.logits_key = logits_key
+        self.in_keys = self.obs_encoder.in_keys
+        self.out_keys = [logits_key, tokens_key]
+
+    # -- pieces ---------------------------------------------------------------
+    def context(self, tensordict: TensorDictBase) -> torch.Tensor:
+        return self.obs_encoder(tensordict)
+
+    def _shift(self, tokens: torch.Tensor) -> torch.Tensor:
+        start = torch.full_like(tokens[:, :1], self.prior.start_token)
+        return torch.cat([start, tokens[:, :-1]], dim=1)
+
+    def token_logits(self, context: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits ``[B, L, V]`` of ``tokens [B, L]``."""
+        return self.prior(context, self._shift(tokens.long()))
+
+    def generate(self, context: torch.Tensor, *, sample: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Autoregressive tokens and the teacher-forced logits of those tokens.
+
+        Runs the prior at full length ``L`` every step (future slots hold the
+        start token and are masked out causally); the last pass has exactly
+        the teacher-forced input, so its logits are the ones the loss
+        recomputes.
+        """
+        B, L = context.shape[0], self.config.n_tokens
+        tokens = torch.full((B, L), self.prior.start_token, dtype=torch.long, device=context.device)
+        logits = None
+        for i in range(L):
+            logits = self.prior(context, self._shift(tokens))
+            dist = TokenCategorical(logits[:, i : i + 1], temperature=self.config.temperature, top_k=self.config.top_k)
+            step = dist.sample() if sample else dist.deterministic_sample
+            tokens = tokens.clone()
+            tokens[:, i] = step[:, 0]
+        return tokens, logits
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Full decoded chunk ``[B, chunk, A]`` of tokens ``[B, L]``."""
+        return self.autoencoder.decode(tokens)
+
+    # -- TensorDictModule -----------------------------------------------------
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        context = self.context(tensordict)
+        tokens = tensordict.get(self.tokens_key, None)
+        if tokens is not None:
+            logits = self.token_logits(context, tokens.to(context.device))
+        else:
+            sample = exploration_type() is ExplorationType.RANDOM
+            tokens, logits = self.generate(context, sample=sample)
+            tensordict.set(self.tokens_key, tokens)
+        tensordict.set(self.logits_key, logits)
+        return tensordict
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``autoencoder`` / ``prior`` (prior + observation encoders)."""
+        ae = list(self.autoencoder.parameters())
+        ids = {id(p) for p in ae}
+        return {"autoencoder": ae, "prior": [p for p in self.parameters() if id(p) not in ids]}
+
+    def num_parameters(self) -> dict[str, int]:
+        return {
+            "obs_encoder": count_parameters(self.obs_encoder),
+            "autoencoder": count_parameters(self.autoencoder),
+            "prior": count_parameters(self.prior),
+            "total": count_parameters(self),
+        }
+
+
+class QuestDecoder(TensorDictModuleBase):
+    """Rollout decoder: ``"action_tokens"`` -> ``"action"`` ``[B, n_exec, A]``.
+
+    Carries no gradient (the loss scores tokens, not actions).
+    """
+
+    def __init__(
+        self,
+        policy: QuestPolicy,
+        *,
+        n_exec: int | None = None,
+        tokens_key: NestedKey = "action_tokens",
+        action_key: NestedKey = "action",
+        clamp: tuple[float, float] | None = (-1.0, 1.0),
+    ) -> None:
+        super().__init__()
+        self.policy = policy
+        self.n_exec = n_exec if n_exec is not None else policy.config.n_exec
+        self.clamp = clamp
+        self.in_keys = [tokens_key]
+        self.out_keys = [action_key]
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        with torch.no_grad():
+            chunk = self.policy.decode(tensordict.get(self.in_keys[0]))
+        action = chunk[:, : self.n_exec]
+        if self.clamp is not None:
+            action = action.clamp(*self.clamp)
+        tensordict.set(self.out_keys[0], action)
+        return tensordict
+
+
+class QuestActor(ProbabilisticActor):
+    """Token actor whose network samples the tokens (autoregressive prior).
+
+    Identical to :func:`torchrl_ript.modules.make_token_actor`'s actor
+    (``TokenCategorical`` over ``"logits"``, log-prob under
+    ``"action_log_prob"``), except that acting (``forward``) always draws
+    fresh tokens: a stale ``"action_tokens"`` entry carried over from the
+    previous step is dropped first. ``get_dist`` (what the PPO loss calls)
+    teacher-forces the tokens present in the tensordict.
+    """
+
+    def forward(self, tensordict: TensorDictBase, *args, **kwargs) -> TensorDictBase:
+        tokens_key = self.module[0].tokens_key
+        if tokens_key in tensordict.keys(include_nested=True):
+            tensordict.del_(tokens_key)
+        return super().forward(tensordict, *args, **kwargs)
+
+
+def make_quest_actor(policy: QuestPolicy, *, log_prob_key: NestedKey = "action_log_prob") -> QuestActor:
+    """The RIPT token actor around a :class:`QuestPolicy` network.
+
+    Temperature / top-k come from ``policy.config`` so that the network's
+    autoregressive sampling and the scored ``TokenCategorical`` agree.
+    """
+    c = policy.config
+    return QuestActor(
+        policy,
+        in_keys={"logits": policy.logits_key},
+        out_keys=[policy.tokens_key],
+        distribution_class=TokenCategorical,
+        distribution_kwargs={"temperature": c.temperature, "top_k": c.top_k},
+        return_log_prob=True,
+        log_prob_key=log_prob_key,
+    )
