@@ -1,0 +1,109 @@
+"""Success rate on held-out contexts with deterministic actions."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from tensordict import TensorDictBase
+from tensordict.utils import NestedKey
+from torchrl.envs import EnvBase
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+from tqdm.auto import tqdm
+
+from torchrl_ript.collectors.engine import Rollout, RolloutEngine
+from torchrl_ript.data.context import ContextDataset
+
+__all__ = ["evaluate_success", "save_video"]
+
+
+def evaluate_success(
+    env: EnvBase,
+    policy: Callable[[TensorDictBase], TensorDictBase],
+    contexts: ContextDataset,
+    *,
+    horizon: int,
+    exploration_type: ExplorationType = ExplorationType.DETERMINISTIC,
+    record_videos: int = 0,
+    frame_key: NestedKey = ("observation", "image"),
+    progress: bool = True,
+) -> dict:
+    """Roll out each context of ``contexts`` once and report success rates.
+
+    Deterministic actions by default (the mode/mean of the policy, as the
+    paper evaluates). Returns ``{"success_rate", "per_task", "num_rollouts",
+    "env_steps", "videos"}`` where ``per_task`` maps task names to success
+    rates and ``videos`` holds up to ``record_videos`` ``[T, H, W, 3]`` uint8
+    frame arrays (one frame per decision, from ``frame_key``).
+
+    Examples:
+        >>> import torch
+        >>> from torchrl.envs import SerialEnv
+        >>> from tensordict.nn import TensorDictModule
+        >>> from torchrl_ript import ContextDataset, ContextToyVLAEnv
+        >>> oracle = TensorDictModule(lambda s: s[..., 2:4], in_keys=[("observation", "state")], out_keys=["action"])
+        >>> contexts = ContextDataset(torch.rand(6, 2) - 0.5, [0] * 6, ["track"])
+        >>> env = SerialEnv(2, lambda: ContextToyVLAEnv(action_dim=2))
+        >>> evaluate_success(env, oracle, contexts, horizon=4, progress=False)["success_rate"]
+        1.0
+    """
+    if len(contexts) == 0:
+        raise ValueError("no evaluation contexts.")
+    pending = list(range(len(contexts)))
+    finished: list[Rollout] = []
+    videos: dict[int, list[np.ndarray]] = {}
+    bar = tqdm(total=len(contexts), desc="evaluate", disable=not progress, leave=False)
+
+    def next_rollout() -> Rollout | None:
+        if not pending:
+            return None
+        index = pending.pop(0)
+        return Rollout(index, int(contexts.task_ids[index]), group_id=index)
+
+    def record(rollout: Rollout, _out: TensorDictBase, row: TensorDictBase) -> None:
+        rollout.steps.append(None)
+        if rollout.context_id < record_videos:
+            frame = row.get(frame_key, None)
+            if frame is not None:
+                videos.setdefault(rollout.context_id, []).append(_to_hwc(frame))
+
+    def on_finish(rollout: Rollout) -> bool:
+        finished.append(rollout)
+        bar.update(1)
+        return False
+
+    engine = RolloutEngine(env, policy, contexts, horizon=horizon, record=record)
+    with torch.no_grad(), set_exploration_type(exploration_type):
+        engine.run(next_rollout, on_finish)
+    bar.close()
+    per_task: dict[str, list[bool]] = {}
+    for rollout in finished:
+        per_task.setdefault(contexts.task_names[rollout.task_id], []).append(rollout.success)
+    return {
+        "success_rate": float(np.mean([r.success for r in finished])),
+        "per_task": {name: float(np.mean(s)) for name, s in per_task.items()},
+        "num_rollouts": len(finished),
+        "env_steps": engine.times.env_steps,
+        "videos": [np.stack(videos[i]) for i in sorted(videos)],
+    }
+
+
+def save_video(frames: np.ndarray, path: str | Path, *, fps: int = 10) -> Path:
+    """Write ``[T, H, W, 3]`` uint8 frames as GIF (or MP4 when imageio-ffmpeg is installed)."""
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".gif":
+        imageio.mimsave(path, list(frames), duration=1.0 / fps, loop=0)
+    else:
+        imageio.mimsave(path, list(frames), fps=fps)
+    return path
+
+
+def _to_hwc(frame: torch.Tensor) -> np.ndarray:
+    array = frame.detach().cpu()
+    if array.ndim == 3 and array.shape[0] in (1, 3):
+        array = array.permute(1, 2, 0)
+    return array.to(torch.uint8).numpy()
