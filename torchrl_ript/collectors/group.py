@@ -203,8 +203,12 @@ class GroupCollector(Collector):
         )
         self.dynamic_sampling = bool(dynamic_sampling)
         self._user_rb = replay_buffer is not None
-        self._rb = replay_buffer or make_ript_replay_buffer(
-            self.batch_trajs, self.group_size, dynamic_sampling=self.dynamic_sampling
+        self._rb = (
+            replay_buffer
+            if replay_buffer is not None  # an empty buffer is falsy
+            else make_ript_replay_buffer(
+                self.batch_trajs, self.group_size, dynamic_sampling=self.dynamic_sampling
+            )
         )
         self._generator = torch.Generator()
         if seed is not None:

@@ -30,6 +30,7 @@ class _GroupQueue:
     def __init__(self, group_key: NestedKey) -> None:
         self.group_key = group_key
         self.pending: OrderedDict[int, list[TensorDictBase]] = OrderedDict()
+        self.completed: set[int] = set()  # ids are single-use: a late extra member is a bug
 
     def push(self, tensordict: TensorDictBase, group_size: int) -> list[TensorDictBase]:
         """Queue the rows of ``tensordict``; return each group that is now complete."""
@@ -47,6 +48,11 @@ class _GroupQueue:
         ids = ids.reshape(tensordict.shape[0], -1)[:, 0].tolist()
         complete = []
         for row, group in enumerate(ids):
+            if group in self.completed:
+                raise ValueError(
+                    f"group {group} received more than group_size={group_size} "
+                    "trajectories: group ids must be unique per K rollouts."
+                )
             members = self.pending.setdefault(int(group), [])
             members.append(tensordict[row])
             if len(members) > group_size:
@@ -56,6 +62,7 @@ class _GroupQueue:
                 )
             if len(members) == group_size:
                 complete.append(torch.stack(self.pending.pop(int(group))))
+                self.completed.add(int(group))
         return complete
 
     def __len__(self) -> int:

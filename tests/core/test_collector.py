@@ -1,0 +1,123 @@
+from functools import partial
+
+import pytest
+import torch
+from torchrl.envs import ParallelEnv, SerialEnv
+
+from torchrl_ript import ContextDataset, ContextToyVLAEnv, GroupCollector, make_ript_replay_buffer
+
+from core_helpers import laplace_actor, oracle_policy
+
+
+def make_env(n, **kwargs):
+    return SerialEnv(n, lambda: ContextToyVLAEnv(action_dim=2, max_steps=4, **kwargs))
+
+
+def contexts(n=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return ContextDataset(torch.rand(n, 2, generator=g) - 0.5, [0] * n, ["track"], seed=seed)
+
+
+def collector(env, policy, **kwargs):
+    defaults = dict(context_dataset=contexts(), group_size=4, trajs_per_batch=8,
+                    max_frames_per_traj=4, seed=0)
+    defaults.update(kwargs)
+    return GroupCollector(env, policy, **defaults)
+
+
+def test_groups_start_identically_and_differ_across_contexts():
+    actor, _ = laplace_actor(init_scale=0.3)
+    env = ParallelEnv(3, partial(ContextToyVLAEnv, action_dim=2, max_steps=4), mp_start_method="spawn")
+    c = collector(env, actor, dynamic_sampling=False, trajs_per_batch=12,
+                  observation_keys=[("observation", "state"), ("observation", "image")])
+    try:
+        batch = next(iter(c))
+    finally:
+        c.shutdown()
+    assert batch.batch_size == (12,)
+    first_images = batch["steps", "observation", "image"][:, 0]
+    first_states = batch["steps", "observation", "state"][:, 0]
+    assert first_images.dtype == torch.uint8
+    groups = batch["group_id"].unique()
+    assert groups.numel() == 3
+    for g in groups:
+        members = batch["group_id"] == g
+        assert members.sum() == 4
+        assert batch["context_id"][members].unique().numel() == 1
+        assert torch.equal(first_images[members], first_images[members][:1].expand(4, -1, -1, -1))
+        assert torch.equal(first_states[members], first_states[members][:1].expand(4, -1))
+    heads = [first_images[batch["group_id"] == g][0] for g in groups]
+    if len(set(batch["context_id"].tolist())) == 3:
+        assert not torch.equal(heads[0], heads[1])
+    # the stored state holds the context's target
+    ctx = contexts()
+    torch.testing.assert_close(
+        first_states[:, 2:4].double(), ctx.states[batch["context_id"]], atol=1e-6, rtol=0
+    )
+
+
+def test_dynamic_sampling_fills_b_with_informative_groups():
+    actor, _ = laplace_actor(init_scale=0.3)
+    c = collector(make_env(4), actor, trajs_per_batch=8)
+    batch = next(iter(c))
+    stats = c.last_stats
+    assert batch.batch_size == (8,)
+    for g in batch["group_id"].unique():
+        rewards = batch["reward"][batch["group_id"] == g]
+        assert rewards.min() == 0 and rewards.max() == 1  # mixed outcomes only
+    assert (batch["advantage"] != 0).any(-1).all()
+    # stats add up
+    assert stats.groups_completed == stats.groups_kept + stats.groups_all_success + stats.groups_all_failure
+    assert stats.groups_kept == 2 and stats.rollouts_kept == 8
+    assert stats.rollouts_finished == 4 * stats.groups_completed + (stats.rollouts_finished % 4)
+    assert stats.decision_steps == stats.env_steps >= batch["length"].sum()
+    assert stats.contexts_drawn >= stats.groups_completed
+    assert 0 < stats.success_rate < 1
+    # per-trajectory fields
+    assert torch.equal(batch["steps", "mask"].sum(-1), batch["length"])
+    torch.testing.assert_close(
+        (batch["steps", "action_log_prob"] * batch["steps", "mask"]).sum(-1), batch["action_log_prob"]
+    )
+    assert list(batch["language_instruction"]) == ["track"] * 8
+    c.shutdown()
+
+
+def test_draw_guard_warns_and_returns_what_it_has():
+    c = collector(make_env(4), oracle_policy(), max_context_draws=3)
+    with pytest.warns(RuntimeWarning, match="max_context_draws=3"):
+        batch = next(iter(c))
+    assert batch.batch_size == (0,)
+    assert c.last_stats.contexts_drawn == 3 and c.last_stats.groups_all_success == 3
+    assert c.last_stats.hit_draw_limit
+    c.shutdown()
+
+
+def test_without_dynamic_sampling_every_group_counts():
+    c = collector(make_env(4), oracle_policy(), dynamic_sampling=False)
+    batch = next(iter(c))
+    assert batch.batch_size == (8,) and bool(batch["success"].all())
+    assert torch.equal(batch["advantage"], torch.zeros(8, 1))
+    c.shutdown()
+
+
+def test_user_replay_buffer_is_filled_and_none_is_yielded():
+    actor, _ = laplace_actor(init_scale=0.3)
+    rb = make_ript_replay_buffer(16, 4)
+    c = collector(make_env(4), actor, replay_buffer=rb, trajs_per_batch=8)
+    assert next(iter(c)) is None
+    assert len(rb) == 8 and "advantage" in rb[:]
+    c.shutdown()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(group_size=1), "group_size"),
+        (dict(trajs_per_batch=6), "multiple of group_size"),
+        (dict(max_frames_per_traj=0), "max_frames_per_traj"),
+        (dict(max_context_draws=1), "max_context_draws"),
+    ],
+)
+def test_bad_configs_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        collector(make_env(2), oracle_policy(), **kwargs)
