@@ -28,7 +28,9 @@ SMALL = dict(task_names=TASKS, camera_names=("corner2", "gripperPOV"), image_siz
 
 
 def _obs(td):
-    return td.select(("observation", "image"), ("observation", "wrist_image"), ("observation", "state"))
+    return td.select(
+        ("observation", "image"), ("observation", "wrist_image"), ("observation", "state"), strict=False
+    )
 
 
 def _assert_bitwise_equal(a, b):
@@ -132,12 +134,11 @@ def test_scripted_success_gives_reward_once_and_terminates():
 
     env = MetaWorldEnv(task_names=["reach-v3"], camera_names=(), max_steps=200, seed=0)
     td = env.reset()
-    raw = env._sims[0][0]
     policy = SawyerReachV3Policy()
     rewards = []
     for _ in range(200):
         # The expert reads MetaWorld's full observation (goal visible).
-        action = policy.get_action(raw._get_obs())
+        action = policy.get_action(env.raw_observation)
         td = env.step(td.set("action", torch.as_tensor(action, dtype=torch.float32)))["next"]
         rewards.append(float(td["reward"]))
         if td["done"]:

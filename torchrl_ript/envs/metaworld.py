@@ -176,15 +176,24 @@ def _make_raw_env(name: str, *, max_steps: int = 500):
     return env
 
 
-def _random_reset(env, rng: np.random.Generator) -> np.ndarray:
-    """Reset ``env`` to a fresh start drawn from ``rng``; return the first obs."""
+def _draw_rand_vec(env, rng: np.random.Generator) -> np.ndarray:
+    """A fresh ``rand_vec`` drawn from ``rng`` by the task's own reset logic."""
     env._freeze_rand_vec = False
     env.np_random = rng
     try:
-        obs, _ = env.reset()
+        env.reset()
     finally:
         env._freeze_rand_vec = True
-    return obs
+    return np.array(env._last_rand_vec, dtype=np.float64)
+
+
+def _random_reset(env, rng: np.random.Generator) -> np.ndarray:
+    """Reset ``env`` to a fresh start drawn from ``rng``; return the first obs."""
+    # MetaWorld's reset runs ``reset_model`` twice; unfrozen, the two calls
+    # draw different vectors and the first frame renders some model-side
+    # positions (e.g. pick-place's goal site) from the discarded draw. Replaying
+    # the kept draw makes a fresh start identical to its context reset.
+    return _context_reset(env, _draw_rand_vec(env, rng))
 
 
 def _context_reset(env, rand_vec: np.ndarray) -> np.ndarray:
@@ -240,8 +249,7 @@ def sample_rand_vecs(task_name: str, n: int, *, seed: int) -> np.ndarray:
     rng = _task_rng(task_name, seed)
     rows = []
     for _ in range(n):
-        _random_reset(env, rng)
-        rows.append(encode_rand_vec(env._last_rand_vec))
+        rows.append(encode_rand_vec(_draw_rand_vec(env, rng)))
     return np.stack(rows)
 
 
@@ -330,6 +338,8 @@ class MetaWorldEnv(EnvBase):
     Attributes:
         render_count (int): camera renders done so far (one per camera per
             reset or step).
+        raw_observation (np.ndarray): MetaWorld's full 39-d observation after
+            the last reset/step (goal visible), what its scripted experts read.
 
     Examples:
         >>> from torchrl_ript.envs import context_reset_td
@@ -386,6 +396,7 @@ class MetaWorldEnv(EnvBase):
         self.quest_camera = bool(quest_camera)
         self.render_quality = render_quality
         self.render_count = 0
+        self.raw_observation: np.ndarray | None = None
         self._sims: dict[int, tuple[object, object]] = {}
         self._task_id = 0
         self._steps = 0
@@ -438,8 +449,14 @@ class MetaWorldEnv(EnvBase):
             self._sims[task_id] = (env, renderer)
         return self._sims[task_id]
 
+    @property
+    def sim(self):
+        """The underlying MetaWorld env of the current task (read-only use)."""
+        return self._sim(self._task_id)[0]
+
     def _observe(self, raw_obs: np.ndarray, success: bool) -> TensorDict:
         env, renderer = self._sim(self._task_id)
+        self.raw_observation = raw_obs
         observation = {"state": torch.as_tensor(raw_obs[:STATE_DIM], dtype=torch.float32)}
         for key, camera in zip(("image", "wrist_image"), self.camera_names):
             renderer.update_scene(env.data, camera=camera)
