@@ -1,7 +1,15 @@
 """torchrl-ript: RIPT-VLA (reinforcement interactive post-training of VLAs) on TorchRL."""
 from torchrl_ript.collectors import CollectionStats, GroupCollector, make_ript_replay_buffer
-from torchrl_ript.data import ContextDataset
-from torchrl_ript.envs import ContextToyVLAEnv, context_reset_td, context_state_spec, read_context
+from torchrl_ript.data import DemoFile, DemoWriter, ContextDataset, demos_to_bc_dataset, read_demos
+from torchrl_ript.envs import (
+    ContextToyVLAEnv,
+    MetaWorldEnv,
+    context_reset_td,
+    context_state_spec,
+    metaworld_contexts,
+    read_context,
+    select_gl_backend,
+)
 from torchrl_ript.modules import (
     IndependentLaplace,
     IndependentNormal,
@@ -13,6 +21,15 @@ from torchrl_ript.modules import (
     make_rollout_policy,
     make_token_actor,
 )
+from torchrl_ript.objectives import TrajectoryClipPPOLoss
+from torchrl_ript.trainers import (
+    RIPTTrainer,
+    evaluate_success,
+    make_optimizer,
+    make_param_groups,
+    make_scheduler,
+    save_video,
+)
 from torchrl_ript.transforms import RLOOAdvantage, ZeroAdvantageFilter
 
 __version__ = "0.1.0"
@@ -22,7 +39,14 @@ __all__ = [
     "GroupCollector",
     "make_ript_replay_buffer",
     "ContextDataset",
+    "DemoFile",
+    "DemoWriter",
+    "demos_to_bc_dataset",
+    "read_demos",
     "ContextToyVLAEnv",
+    "MetaWorldEnv",
+    "metaworld_contexts",
+    "select_gl_backend",
     "context_reset_td",
     "context_state_spec",
     "read_context",
@@ -35,6 +59,13 @@ __all__ = [
     "make_continuous_actor",
     "make_rollout_policy",
     "make_token_actor",
+    "TrajectoryClipPPOLoss",
+    "RIPTTrainer",
+    "evaluate_success",
+    "make_optimizer",
+    "make_param_groups",
+    "make_scheduler",
+    "save_video",
     "RLOOAdvantage",
     "ZeroAdvantageFilter",
 ]

@@ -8,6 +8,13 @@ from torchrl_ript.envs.common import (
     context_state_spec,
     read_context,
 )
+from torchrl_ript.envs.metaworld import (
+    METAWORLD_INSTRUCTIONS,
+    MetaWorldEnv,
+    metaworld_contexts,
+    metaworld_task_names,
+)
+from torchrl_ript.envs.rendering import apply_render_quality, select_gl_backend
 from torchrl_ript.envs.toy import ContextToyVLAEnv
 
 __all__ = [
@@ -19,4 +26,10 @@ __all__ = [
     "context_state_spec",
     "read_context",
     "ContextToyVLAEnv",
+    "METAWORLD_INSTRUCTIONS",
+    "MetaWorldEnv",
+    "metaworld_contexts",
+    "metaworld_task_names",
+    "apply_render_quality",
+    "select_gl_backend",
 ]

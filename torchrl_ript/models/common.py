@@ -8,7 +8,7 @@ optionally ``("observation", "wrist_image")``) ``uint8 [B, 3, H, W]``,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from tensordict import TensorDictBase
@@ -28,6 +28,7 @@ __all__ = [
     "ObservationEncoder",
     "instruction_strings",
     "count_parameters",
+    "call_flat",
 ]
 
 IMAGE_KEY: NestedKey = ("observation", "image")
@@ -39,6 +40,22 @@ INSTRUCTION_KEY: NestedKey = "language_instruction"
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     """Number of (trainable) parameters of ``module``."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def call_flat(tensordict: TensorDictBase, fn, out_keys) -> TensorDictBase:
+    """Run ``fn`` (which writes ``out_keys`` into a ``[B]`` tensordict) on a
+    tensordict of any batch shape: ``[]`` (an unbatched env) and ``[N, M]``
+    are flattened to one batch dim and the outputs reshaped back."""
+    if tensordict.batch_dims == 1:
+        fn(tensordict)
+        return tensordict
+    shape = tensordict.batch_size
+    flat = tensordict.reshape(-1)
+    fn(flat)
+    for key in out_keys:
+        value = flat.get(key)
+        tensordict.set(key, value.reshape(*shape, *value.shape[1:]))
+    return tensordict
 
 
 def instruction_strings(tensordict: TensorDictBase, key: NestedKey, batch: int) -> list[str]:
@@ -224,9 +241,3 @@ class ObservationEncoder(nn.Module):
             tokens.append(self.state(tensordict.get(STATE_KEY).to(device=device, dtype=torch.float32)))
         return torch.stack(tokens, dim=1)
 
-
-def _default_encoder_config() -> EncoderConfig:
-    return EncoderConfig()
-
-
-EncoderConfigField = field(default_factory=_default_encoder_config)

@@ -19,7 +19,7 @@ from tensordict.utils import NestedKey
 from torch import nn
 from torchrl.modules import MLP, ProbabilisticActor
 
-from torchrl_ript.models.common import EncoderConfig, ObservationEncoder, count_parameters
+from torchrl_ript.models.common import EncoderConfig, ObservationEncoder, call_flat, count_parameters
 from torchrl_ript.modules.actors import make_continuous_actor
 from torchrl_ript.modules.scale_head import ScaleHead
 
@@ -56,7 +56,7 @@ class RegressionConfig:
 
 
 def regression_config(preset: str = "small", **overrides) -> RegressionConfig:
-    """Presets ``"tiny"`` (tests), ``"small"`` (CPU, ~1-3M), ``"paper"`` (~20M)."""
+    """Presets ``"tiny"`` (tests), ``"small"`` (CPU, ~1-3M), ``"paper"`` (~15M with two cameras)."""
     enc_over = overrides.pop("encoder", {}) or {}
     if isinstance(enc_over, EncoderConfig):
         enc_over = asdict(enc_over)
@@ -68,7 +68,7 @@ def regression_config(preset: str = "small", **overrides) -> RegressionConfig:
                    state_hidden=128, embed_dim=128)
         cfg = dict(chunk_size=8, hidden=512, trunk_layers=3, scale_hidden=256)
     elif preset == "paper":
-        enc = dict(image_size=128, resnet_widths=(64, 128, 256, 512), resnet_blocks=(2, 2, 2, 2),
+        enc = dict(image_size=128, resnet_widths=(64, 128, 256, 512), resnet_blocks=(1, 1, 1, 1),
                    state_hidden=256, embed_dim=256, language="minilm")
         cfg = dict(chunk_size=8, hidden=1024, trunk_layers=3, scale_hidden=512)
     else:
@@ -124,10 +124,12 @@ class RegressionPolicy(TensorDictModuleBase):
         return loc.tanh() if self.config.tanh_mean else loc
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        return call_flat(tensordict, self._forward, self.out_keys)
+
+    def _forward(self, tensordict: TensorDictBase) -> None:
         feats = self.features(tensordict)
         tensordict.set(self.out_keys[0], self.mean(feats))
         tensordict.set(self.out_keys[1], self.scale_head(feats))
-        return tensordict
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """``scale_head`` and ``policy`` (encoders, trunk, action head)."""

@@ -40,7 +40,7 @@ from torch import nn
 from torchrl.envs.utils import ExplorationType, exploration_type
 from torchrl.modules import ProbabilisticActor
 
-from torchrl_ript.models.common import EncoderConfig, ObservationEncoder, count_parameters
+from torchrl_ript.models.common import EncoderConfig, ObservationEncoder, call_flat, count_parameters
 from torchrl_ript.modules.distributions import TokenCategorical
 
 __all__ = [
@@ -115,7 +115,7 @@ def quest_config(preset: str = "small", **overrides) -> QuestConfig:
     if preset == "tiny":
         enc = dict(image_size=32, resnet_widths=(8, 16), resnet_blocks=(1, 1), state_hidden=32)
         cfg = dict(
-            chunk_size=8, downsample=2, fsq_levels=(5, 3), n_exec=2,
+            chunk_size=8, downsample=2, fsq_levels=(8, 5, 5, 5), n_exec=2,
             ae_dim=32, ae_heads=2, ae_encoder_layers=1, ae_decoder_layers=1, ae_conv_kernel=3,
             prior_dim=32, prior_heads=2, prior_layers=1,
         )
@@ -127,7 +127,7 @@ def quest_config(preset: str = "small", **overrides) -> QuestConfig:
             prior_dim=128, prior_heads=4, prior_layers=4,
         )
     elif preset == "paper":
-        enc = dict(image_size=128, resnet_widths=(64, 128, 256, 512), resnet_blocks=(1, 1, 1, 1),
+        enc = dict(image_size=128, resnet_widths=(32, 64, 128, 256), resnet_blocks=(2, 2, 2, 2),
                    state_hidden=256, language="minilm")
         cfg = dict(
             chunk_size=32, downsample=4, fsq_levels=(8, 5, 5, 5), n_exec=8,
@@ -279,7 +279,7 @@ class QuestPolicy(TensorDictModuleBase):
         ...     ("observation", "state"): torch.zeros(2, 8),
         ...     "language_instruction": "open the drawer"}, [2])
         >>> policy(td)["logits"].shape
-        torch.Size([2, 4, 15])
+        torch.Size([2, 4, 1000])
     """
 
     def __init__(
@@ -336,6 +336,9 @@ class QuestPolicy(TensorDictModuleBase):
 
     # -- TensorDictModule -----------------------------------------------------
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        return call_flat(tensordict, self._forward, self.out_keys)
+
+    def _forward(self, tensordict: TensorDictBase) -> None:
         context = self.context(tensordict)
         tokens = tensordict.get(self.tokens_key, None)
         if tokens is not None:
@@ -345,7 +348,6 @@ class QuestPolicy(TensorDictModuleBase):
             tokens, logits = self.generate(context, sample=sample)
             tensordict.set(self.tokens_key, tokens)
         tensordict.set(self.logits_key, logits)
-        return tensordict
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """``autoencoder`` / ``prior`` (prior + observation encoders)."""
@@ -385,12 +387,13 @@ class QuestDecoder(TensorDictModuleBase):
         self.out_keys = [action_key]
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        tokens = tensordict.get(self.in_keys[0])
         with torch.no_grad():
-            chunk = self.policy.decode(tensordict.get(self.in_keys[0]))
+            chunk = self.policy.decode(tokens.reshape(-1, tokens.shape[-1]))
         action = chunk[:, : self.n_exec]
         if self.clamp is not None:
             action = action.clamp(*self.clamp)
-        tensordict.set(self.out_keys[0], action)
+        tensordict.set(self.out_keys[0], action.reshape(*tokens.shape[:-1], *action.shape[1:]))
         return tensordict
 
 

@@ -37,6 +37,8 @@ from torchrl_ript.modules.scale_head import fit_scale_head
 __all__ = [
     "chunk_demo",
     "make_chunk_dataset",
+    "chunk_demo_files",
+    "from_bc_dataset",
     "batch_iterator",
     "masked_l1",
     "quest_autoencoder_loss",
@@ -95,6 +97,33 @@ def make_chunk_dataset(demos: Iterable[TensorDictBase], chunk_size: int, **kwarg
     if not rows:
         raise ValueError("no demos given.")
     return torch.cat(rows, 0)
+
+
+def chunk_demo_files(files: Iterable, chunk_size: int, **kwargs) -> TensorDictBase:
+    """Training rows of :func:`torchrl_ript.data.demos.read_demos` outputs.
+
+    Each ``DemoFile``'s ``instruction`` is attached to its demos as
+    ``"language_instruction"``; see :func:`chunk_demo` for ``kwargs``.
+    """
+    rows = []
+    for file in files:
+        for demo in file.demos:
+            demo = demo.copy()
+            demo.set_non_tensor("language_instruction", file.instruction)
+            rows.append(chunk_demo(demo, chunk_size, **kwargs))
+    if not rows:
+        raise ValueError("the demo files hold no demos.")
+    return torch.cat(rows, 0)
+
+
+def from_bc_dataset(dataset: TensorDictBase, *, mask_key: NestedKey = "action_mask") -> TensorDictBase:
+    """Convert :func:`torchrl_ript.data.demos.demos_to_bc_dataset` rows
+    (``("vla_action", "chunk")`` + ``"action_is_pad"``) to this module's
+    ``"action"`` ``[chunk, A]`` + ``mask_key`` (``True`` on real steps)."""
+    out = dataset.exclude("action", "vla_action", "action_is_pad")
+    out.set("action", dataset.get(("vla_action", "chunk")))
+    out.set(mask_key, ~dataset.get("action_is_pad"))
+    return out
 
 
 def batch_iterator(
@@ -220,28 +249,30 @@ def train_regression(policy: RegressionPolicy, batches, *, steps: int = 1000, lr
 
 
 def fit_regression_scale(
-    policy: RegressionPolicy, batches, *, steps: int = 500, lr: float = 1e-3, actor=None, progress: bool = True
+    policy: RegressionPolicy,
+    batches,
+    *,
+    steps: int = 500,
+    lr: float = 1e-3,
+    actor=None,
+    max_batches: int = 64,
+    progress: bool = True,
 ) -> list[float]:
-    """Scale head by the actor's NLL (Section 4.3), all other weights frozen."""
+    """Scale head by the actor's NLL (Section 4.3), all other weights frozen.
+
+    An endless iterator (e.g. :func:`batch_iterator`) is sampled for
+    ``max_batches`` batches that are then cycled (``fit_scale_head`` keeps
+    what it cycles, so an endless source would grow without bound).
+    """
     actor = actor if actor is not None else make_regression_actor(policy)
-    source = batches if isinstance(batches, Iterator) else itertools.cycle(batches)
+    if isinstance(batches, Iterator):
+        batches = list(itertools.islice(batches, min(steps, max_batches)))
     was_training = policy.training
     policy.eval()
     try:
         return fit_scale_head(
-            actor, policy.scale_head.parameters(), _Endless(source), steps=steps, lr=lr,
+            actor, policy.scale_head.parameters(), batches, steps=steps, lr=lr,
             mask_key="action_mask", progress=progress,
         )
     finally:
         policy.train(was_training)
-
-
-class _Endless:
-    """Wrap an iterator so ``itertools.cycle`` inside ``fit_scale_head`` never
-    stores it (cycle keeps every element of a finite iterable)."""
-
-    def __init__(self, source: Iterator) -> None:
-        self.source = source
-
-    def __iter__(self):
-        return self.source

@@ -1,0 +1,140 @@
+"""RIPT hyper-parameters, their checks, and the paper's presets.
+
+Hydra examples load YAML into these fields; :func:`validate_ript_config` runs
+before anything is built so a bad value fails in a second with a message that
+names the fix, instead of after an hour of rollouts.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+
+__all__ = ["RIPTConfig", "ConfigError", "validate_ript_config", "PAPER_PRESETS"]
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message says how to fix it."""
+
+
+@dataclass
+class RIPTConfig:
+    """The knobs of Algorithm 1.
+
+    Attributes:
+        group_size: K, rollouts per context (>= 2).
+        batch_size: B, informative rollouts per step (a multiple of K).
+        num_steps: M, RIPT steps.
+        ppo_epochs: N, passes over each batch.
+        minibatch_size: trajectories per gradient step.
+        lr: learning rate of the policy (``param_lrs`` overrides by name).
+        param_lrs: ``{regex: lr}`` per parameter group (e.g. LoRA vs head).
+        clip_epsilon: PPO clip.
+        max_grad_norm: gradient clipping (``None`` = off).
+        ratio: ``"trajectory"`` (Eq. 8) or ``"step"``.
+        dynamic_sampling: reject all-equal groups (Section 4.2).
+        max_context_draws: contexts drawn per step at most (``None`` = 10 B/K).
+        max_decisions: decision steps per rollout at most.
+        num_envs: parallel env workers.
+        eval_every: evaluate every this many steps.
+        scheduler: ``"constant"`` or ``"cosine"``; ``warmup_steps`` before it.
+        seed: global seed.
+    """
+
+    group_size: int = 16
+    batch_size: int = 160
+    num_steps: int = 15
+    ppo_epochs: int = 20
+    minibatch_size: int = 8
+    lr: float = 1e-6
+    param_lrs: dict | None = None
+    clip_epsilon: float = 0.2
+    max_grad_norm: float | None = 1.0
+    ratio: str = "trajectory"
+    dynamic_sampling: bool = True
+    max_context_draws: int | None = None
+    max_decisions: int = 64
+    num_envs: int = 2
+    eval_every: int = 1
+    scheduler: str = "constant"
+    warmup_steps: int = 0
+    seed: int = 0
+
+    @classmethod
+    def from_mapping(cls, values: Mapping) -> RIPTConfig:
+        """Build from a dict/DictConfig, rejecting unknown keys."""
+        values = dict(values)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown RIPT option(s) {unknown}; valid options: {sorted(known)}."
+            )
+        config = cls(**values)
+        validate_ript_config(config)
+        return config
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# Section 5.1 and the official code's configs (QueST single-task; OFT).
+PAPER_PRESETS = {
+    "quest": dict(group_size=16, batch_size=160, ppo_epochs=20, minibatch_size=8, lr=1e-6,
+                  clip_epsilon=0.2, max_grad_norm=1.0),
+    "openvla_oft": dict(group_size=8, batch_size=192, ppo_epochs=1, minibatch_size=4, lr=1e-4,
+                        clip_epsilon=0.1, max_grad_norm=1.0,
+                        param_lrs={"lora_": 1e-4, "action_head": 1e-5}),
+}
+
+
+def validate_ript_config(config: RIPTConfig) -> RIPTConfig:
+    """Raise :class:`ConfigError` for values that cannot work.
+
+    Examples:
+        >>> validate_ript_config(RIPTConfig(group_size=8, batch_size=24))  # doctest: +ELLIPSIS
+        RIPTConfig(group_size=8, batch_size=24, ...)
+        >>> validate_ript_config(RIPTConfig(group_size=8, batch_size=20))
+        Traceback (most recent call last):
+        ...
+        torchrl_ript.config.ConfigError: batch_size (B=20) must be a multiple of group_size (K=8): try batch_size=16 or 24.
+    """
+    c = config
+    if c.group_size < 2:
+        raise ConfigError(
+            f"group_size (K={c.group_size}) must be >= 2: the leave-one-out baseline "
+            "needs at least one other rollout of the same context."
+        )
+    if c.batch_size < c.group_size or c.batch_size % c.group_size:
+        low = max(c.group_size, c.batch_size // c.group_size * c.group_size)
+        raise ConfigError(
+            f"batch_size (B={c.batch_size}) must be a multiple of group_size "
+            f"(K={c.group_size}): try batch_size={low} or {low + c.group_size}."
+        )
+    for name in ("num_steps", "ppo_epochs", "minibatch_size", "max_decisions", "num_envs",
+                 "eval_every"):
+        value = getattr(c, name)
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}.")
+    if c.warmup_steps < 0:
+        raise ConfigError(f"warmup_steps must be >= 0, got {c.warmup_steps}.")
+    if c.lr <= 0:
+        raise ConfigError(f"lr must be > 0, got {c.lr}.")
+    if not 0 < c.clip_epsilon < 1:
+        raise ConfigError(f"clip_epsilon must be in (0, 1), got {c.clip_epsilon} (paper: 0.2 / 0.1).")
+    if c.max_grad_norm is not None and c.max_grad_norm <= 0:
+        raise ConfigError(f"max_grad_norm must be > 0 or null, got {c.max_grad_norm}.")
+    if c.ratio not in ("trajectory", "step"):
+        raise ConfigError(f"ratio must be 'trajectory' or 'step', got {c.ratio!r}.")
+    if c.scheduler not in ("constant", "cosine"):
+        raise ConfigError(f"scheduler must be 'constant' or 'cosine', got {c.scheduler!r}.")
+    if c.max_context_draws is not None and c.max_context_draws < c.batch_size // c.group_size:
+        raise ConfigError(
+            f"max_context_draws={c.max_context_draws} cannot fill B={c.batch_size} with "
+            f"groups of K={c.group_size}: use at least {c.batch_size // c.group_size}."
+        )
+    if c.minibatch_size > c.batch_size:
+        raise ConfigError(
+            f"minibatch_size={c.minibatch_size} exceeds batch_size={c.batch_size}: "
+            "lower it (the paper uses 8 for QueST, 4 for OFT)."
+        )
+    return c

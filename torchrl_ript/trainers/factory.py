@@ -1,0 +1,106 @@
+"""Build the RIPT pieces from a :class:`~torchrl_ript.config.RIPTConfig`.
+
+Examples stay thin: they build an env factory, a policy and the context sets,
+and this wires collector, loss, optimiser, schedule, evaluation and logger.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from tensordict.nn import TensorDictModuleBase
+from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
+from torchrl.record.loggers import Logger, get_logger
+
+from torchrl_ript.collectors.group import GroupCollector
+from torchrl_ript.config import RIPTConfig, validate_ript_config
+from torchrl_ript.data.context import ContextDataset
+from torchrl_ript.objectives.ppo import TrajectoryClipPPOLoss
+from torchrl_ript.trainers.evaluate import evaluate_success
+from torchrl_ript.trainers.optim import make_optimizer, make_scheduler
+from torchrl_ript.trainers.ript import RIPTTrainer
+
+__all__ = ["make_batched_env", "make_logger", "make_ript_trainer"]
+
+
+def make_batched_env(env_fn: Callable[[], EnvBase], num_envs: int, *, parallel: bool = True) -> EnvBase:
+    """``ParallelEnv`` (spawned workers: GL contexts do not survive fork) or ``SerialEnv``."""
+    if parallel and num_envs > 1:
+        return ParallelEnv(num_envs, env_fn, mp_start_method="spawn")
+    return SerialEnv(num_envs, env_fn)
+
+
+def make_logger(kind: str, log_dir: str | Path, name: str, **kwargs) -> Logger | None:
+    """A TorchRL logger: ``"csv"`` (default), ``"tensorboard"``, ``"wandb"`` or ``"none"``."""
+    if kind in (None, "", "none"):
+        return None
+    return get_logger(kind, logger_name=str(log_dir), experiment_name=name, **kwargs)
+
+
+def make_ript_trainer(
+    config: RIPTConfig,
+    *,
+    env: EnvBase,
+    eval_env: EnvBase | None,
+    actor,
+    policy: TensorDictModuleBase | None = None,
+    sampled_action_key: str = "action",
+    train_contexts: ContextDataset,
+    eval_contexts: ContextDataset | None = None,
+    logger: Logger | None = None,
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = True,
+) -> RIPTTrainer:
+    """Wire a :class:`RIPTTrainer` (collector, loss, optimiser, schedule, eval).
+
+    ``actor`` is scored by the loss; ``policy`` (default: the actor) is what
+    the collector runs, e.g. the actor followed by a token decoder.
+    """
+    validate_ript_config(config)
+    policy = actor if policy is None else policy
+    collector = GroupCollector(
+        env,
+        policy,
+        context_dataset=train_contexts,
+        group_size=config.group_size,
+        trajs_per_batch=config.batch_size,
+        max_frames_per_traj=config.max_decisions,
+        max_context_draws=config.max_context_draws,
+        dynamic_sampling=config.dynamic_sampling,
+        seed=config.seed,
+    ).set_keys(sampled_action=sampled_action_key)
+    loss = TrajectoryClipPPOLoss(actor, clip_epsilon=config.clip_epsilon, ratio=config.ratio)
+    loss.set_keys(action=sampled_action_key)
+    optimizer = make_optimizer(actor, lr=config.lr, param_lrs=config.param_lrs)
+    scheduler = make_scheduler(
+        optimizer, kind=config.scheduler, total_steps=config.num_steps,
+        warmup_steps=config.warmup_steps,
+    )
+    evaluate = None
+    if eval_env is not None and eval_contexts is not None:
+
+        def evaluate():
+            return evaluate_success(
+                eval_env, policy, eval_contexts, horizon=config.max_decisions, progress=progress
+            )
+
+    if checkpoint_dir is not None:
+        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        (Path(checkpoint_dir) / "config.json").write_text(json.dumps(config.as_dict(), indent=1))
+    return RIPTTrainer(
+        collector=collector,
+        loss=loss,
+        optimizer=optimizer,
+        num_steps=config.num_steps,
+        ppo_epochs=config.ppo_epochs,
+        minibatch_size=config.minibatch_size,
+        max_grad_norm=config.max_grad_norm,
+        scheduler=scheduler,
+        evaluate=evaluate,
+        eval_every=config.eval_every,
+        logger=logger,
+        checkpoint_dir=checkpoint_dir,
+        progress=progress,
+        seed=config.seed,
+    )
