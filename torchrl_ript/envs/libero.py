@@ -51,6 +51,7 @@ __all__ = [
     "LIBERO_SUITES",
     "LIBERO_MAX_STEPS",
     "LIBERO_CONTEXT_STATE_DIM",
+    "LIBERO_PROPRIO_KEYS",
     "pad_state",
 ]
 
@@ -69,6 +70,8 @@ LIBERO_CONTEXT_STATE_DIM = 128
 _CAMERA = "agentview"
 _WRIST_CAMERA = "robot0_eye_in_hand"
 # Observables the env reads (proprio defaults + what the demo writer records).
+# LIBERO demo files' joint_states (7) + gripper_states (2).
+LIBERO_PROPRIO_KEYS = ("robot0_joint_pos", "robot0_gripper_qpos")
 _ALWAYS_KEEP = ("robot0_joint_pos", "robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
 
 
@@ -101,8 +104,9 @@ class LiberoContextEnv(LiberoEnv):
     :class:`~torchrl.envs.LiberoEnv` and why. Outputs follow the canonical
     VLA schema: ``("observation", "image")`` (agentview) and
     ``("observation", "wrist_image")`` (eye-in-hand), ``uint8 [3, H, W]``;
-    ``("observation", "state")`` (``float32``, ``proprio_keys`` concatenated:
-    eef position, eef quaternion, gripper qpos = 9 by default);
+    ``("observation", "state")`` (``float32``, ``proprio_keys`` concatenated;
+    default joint positions (7) + gripper qpos (2), LIBERO's demo-file
+    ``joint_states`` + ``gripper_states``);
     ``language_instruction``, ``task_id``, ``success``; reward 1.0 on the step
     success is reached (then ``terminated``), ``truncated`` at the time limit.
 
@@ -139,6 +143,11 @@ class LiberoContextEnv(LiberoEnv):
             the last action). Defaults to ``True``.
         settle_steps (int): no-op steps after each reset (objects settle; the
             official evaluation waits 10). Defaults to ``10``.
+        placement_seed (int): seed of LIBERO's fixture placement, drawn at
+            every reset. Fixture poses live in the MuJoCo *model*, not in the
+            flattened state, so they are fixed for a given seed: that is what
+            makes a context (a flattened state) determine the start exactly.
+            Defaults to ``0``.
         seed (int, optional): seeds the simulator's own RNG and the draw of
             init states on non-context resets.
         env_kwargs (dict, optional): extra ``OffScreenRenderEnv`` arguments.
@@ -174,6 +183,7 @@ class LiberoContextEnv(LiberoEnv):
         render_quality: str = "fast",
         fast_step: bool = True,
         settle_steps: int = 10,
+        placement_seed: int = 0,
         seed: int | None = None,
         env_kwargs: dict | None = None,
         **kwargs,
@@ -195,7 +205,13 @@ class LiberoContextEnv(LiberoEnv):
         self.action_chunk = action_chunk
         self.render_quality = render_quality
         self.fast_step = bool(fast_step)
+        self.placement_seed = int(placement_seed)
         self._seed = seed
+        # LIBERO's demo files hold joint_states + gripper_states: the same state
+        # here lets a policy trained on them (LIBERO_KEY_MAP of
+        # torchrl_ript.data.demos) act in this env. TorchRL's default is eef
+        # pose + gripper; pass proprio_keys to choose.
+        kwargs.setdefault("proprio_keys", LIBERO_PROPRIO_KEYS)
         env_kwargs = dict(env_kwargs or {})
         # Soft resets: the default hard reset rebuilds the model and GL context
         # every episode (3-4 s on CPU); context resets set the full state anyway.
@@ -292,6 +308,7 @@ class LiberoContextEnv(LiberoEnv):
 
     # -- reset ----------------------------------------------------------------
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+        self._make_gl_current()
         context = read_context(tensordict)
         if context is None:
             out = self._reset_from(None)
@@ -311,7 +328,8 @@ class LiberoContextEnv(LiberoEnv):
     def _reset_from(self, state: np.ndarray | None) -> TensorDictBase:
         env = self._env
         with self._cameras_off_if_fast():
-            env.reset()
+            self._placement_reset()
+            self._reset_gripper_state()
             if state is None:
                 state = self._select_init_state()  # base class: benchmark init states
             if state is not None:
@@ -326,8 +344,32 @@ class LiberoContextEnv(LiberoEnv):
         out[CONTEXT_STATE_KEY] = pad_state(start, self.context_state_dim).to(self.device)
         return out
 
+    def _placement_reset(self) -> None:
+        # LIBERO places *fixtures* (cabinets, stoves, ...) at every reset by
+        # writing model.body_pos/body_quat from numpy's global RNG; those are
+        # not part of the flattened MuJoCo state, so a context alone would not
+        # fix them (two envs reset to one context rendered different scenes).
+        # Draw the placement with a fixed seed, leaving the global RNG as it was.
+        rng_state = np.random.get_state()
+        np.random.seed(self.placement_seed)
+        try:
+            self._env.reset()
+        finally:
+            np.random.set_state(rng_state)
+
+    def _reset_gripper_state(self) -> None:
+        # robosuite's grippers smooth commands through `current_action`, set
+        # to zeros when the model is built and never reset: with
+        # hard_reset=False it would leak from the previous episode and break
+        # exact context resets. Reset it as a hard reset would.
+        for robot in self._env.env.robots:
+            gripper = getattr(robot, "gripper", None)
+            if gripper is not None and hasattr(gripper, "current_action"):
+                gripper.current_action = np.zeros_like(gripper.current_action)
+
     # -- step -----------------------------------------------------------------
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        self._make_gl_current()
         actions = tensordict.get("action").detach().cpu().to(torch.float64).numpy()
         actions = actions.reshape(-1, self._action_dim)
         success = False
@@ -377,6 +419,15 @@ class LiberoContextEnv(LiberoEnv):
     _last_obs: dict | None = None
 
     # -- helpers --------------------------------------------------------------
+    def _make_gl_current(self) -> None:
+        # robosuite renders into whatever GL context is current and only makes
+        # its own current when created: with several envs in one process
+        # (SerialEnv, tests) an env would draw with another env's buffers and
+        # textures. Cheap when already current.
+        context = getattr(self._env.env.sim, "_render_context_offscreen", None)
+        if context is not None:
+            context.gl_ctx.make_current()
+
     def _set_cameras(self, enabled: bool) -> None:
         for observable in self._camera_observables:
             observable.set_enabled(enabled)

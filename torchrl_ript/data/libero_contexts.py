@@ -1,0 +1,289 @@
+"""LIBERO context datasets: benchmark init states or first states of demonstrations.
+
+A LIBERO context is a flattened MuJoCo state ``[time, qpos, qvel]`` of one
+task, zero-padded at the end to ``context_state_dim`` (the convention of
+:class:`~torchrl_ript.envs.libero.LiberoContextEnv`, see
+:func:`~torchrl_ript.envs.libero.pad_state`). Task ids index the *whole
+suite* (``task_names`` lists every task of the suite, even when a filter keeps
+a few), so they match the ``task_id`` of the env built for that task.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from torchrl_ript.data.context import ContextDataset
+
+__all__ = ["libero_contexts", "libero_suite_tasks", "write_libero_rollout_demos"]
+
+_SOURCES = ("init_files", "demos")
+
+
+def libero_suite_tasks(suite: str) -> list:
+    """The ``libero.libero.benchmark`` task records of a suite (name, language, files)."""
+    from torchrl_ript.envs.libero import LIBERO_SUITES
+    from torchrl_ript.envs.libero_setup import ensure_libero
+
+    if suite not in LIBERO_SUITES:
+        raise ValueError(f"suite must be one of {LIBERO_SUITES}, got {suite!r}.")
+    ensure_libero()
+    from libero.libero import benchmark
+
+    bench = benchmark.get_benchmark_dict()[suite]()
+    return [bench.get_task(i) for i in range(bench.n_tasks)]
+
+
+def libero_contexts(
+    suite: str,
+    *,
+    task_ids: Sequence[int] | None = None,
+    source: str = "init_files",
+    demo_paths: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    context_state_dim: int | None = None,
+    **dataset_kwargs,
+) -> ContextDataset:
+    """Contexts of a LIBERO suite as a :class:`~torchrl_ript.data.ContextDataset`.
+
+    Args:
+        suite: ``"libero_spatial"``, ``"libero_object"``, ``"libero_goal"``,
+            ``"libero_10"`` or ``"libero_90"``.
+
+    Keyword Args:
+        task_ids: keep only these tasks (suite indices). Default: all.
+        source: ``"init_files"``: the benchmark's fixed init states (50 per
+            task, the evaluation protocol); ``"demos"``: the first state of
+            every demonstration in ``demo_paths`` (what the official RIPT code
+            uses for training contexts).
+        demo_paths: LIBERO HDF5 files (``data/demo_i/states``), needed with
+            ``source="demos"``. The task of each file is found from its
+            ``problem_info`` language instruction, else its file name
+            (``<task name>_demo.hdf5``).
+        context_state_dim: padded state size. Defaults to
+            :data:`~torchrl_ript.envs.libero.LIBERO_CONTEXT_STATE_DIM`.
+        **dataset_kwargs: forwarded to :class:`ContextDataset` (``sampler``,
+            ``noise_std``, ``seed``).
+
+    Examples:
+        >>> from torchrl_ript.data.libero_contexts import libero_contexts
+        >>> ds = libero_contexts("libero_spatial", task_ids=[0, 3])  # doctest: +SKIP
+        >>> len(ds), ds.state_dim, ds.task_ids.unique().tolist()  # doctest: +SKIP
+        (100, 128, [0, 3])
+    """
+    from torchrl_ript.envs.libero import LIBERO_CONTEXT_STATE_DIM, pad_state
+
+    if source not in _SOURCES:
+        raise ValueError(f"source must be one of {_SOURCES}, got {source!r}.")
+    dim = LIBERO_CONTEXT_STATE_DIM if context_state_dim is None else int(context_state_dim)
+    tasks = libero_suite_tasks(suite)
+    keep = range(len(tasks)) if task_ids is None else [int(i) for i in task_ids]
+    for task_id in keep:
+        if not 0 <= task_id < len(tasks):
+            raise ValueError(f"task id {task_id} out of range for {suite} ({len(tasks)} tasks).")
+    if source == "init_files":
+        rows = {task_id: _init_states(tasks[task_id]) for task_id in keep}
+    else:
+        if demo_paths is None:
+            raise ValueError(
+                "source='demos' needs demo_paths: the LIBERO HDF5 demonstration files "
+                "(e.g. <datasets>/libero_spatial/*_demo.hdf5)."
+            )
+        rows = _demo_first_states(tasks, demo_paths, set(keep))
+    states, ids = [], []
+    for task_id, block in rows.items():
+        for state in block:
+            states.append(pad_state(state, dim))
+            ids.append(task_id)
+    if not states:
+        raise ValueError(
+            f"no contexts found for {suite} tasks {list(keep)} from {source}: check "
+            "task_ids and demo_paths."
+        )
+    return ContextDataset(
+        torch.stack(states),
+        ids,
+        [task.name for task in tasks],
+        [str(task.language) for task in tasks],
+        **dataset_kwargs,
+    )
+
+
+def _init_states(task) -> np.ndarray:
+    from libero.libero import get_libero_path
+
+    path = os.path.join(get_libero_path("init_states"), task.problem_folder, task.init_states_file)
+    # Trusted benchmark files: pickled numpy arrays, rejected by weights_only=True.
+    return np.asarray(torch.load(path, weights_only=False), dtype=np.float64)
+
+
+def _demo_first_states(tasks, demo_paths, keep: set[int]) -> dict[int, list[np.ndarray]]:
+    import h5py
+
+    if isinstance(demo_paths, (str, os.PathLike)):
+        demo_paths = [demo_paths]
+    by_language = {_norm(task.language): i for i, task in enumerate(tasks)}
+    by_name = {task.name: i for i, task in enumerate(tasks)}
+    rows: dict[int, list[np.ndarray]] = {}
+    for path in map(Path, demo_paths):
+        if not path.exists():
+            raise FileNotFoundError(f"demonstration file {path} does not exist.")
+        with h5py.File(path, "r") as file:
+            if "data" not in file:
+                raise KeyError(f"{path} has no 'data' group: not a LIBERO demo file.")
+            data = file["data"]
+            task_id = _demo_task_id(data, path, by_language, by_name)
+            if task_id not in keep:
+                continue
+            demos = sorted((k for k in data if k.startswith("demo")), key=lambda k: int(k.split("_")[-1]))
+            for demo in demos:
+                group = data[demo]
+                if "context_state" in group:
+                    # written by write_libero_rollout_demos: the start before settling
+                    state = group["context_state"][()]
+                elif "states" in group:
+                    # The official code starts a rollout from the demo's first state.
+                    state = group["states"][0]
+                else:
+                    raise KeyError(f"{path}:data/{demo} has neither 'context_state' nor 'states'.")
+                rows.setdefault(task_id, []).append(np.asarray(state, dtype=np.float64).reshape(-1))
+    return rows
+
+
+def _demo_task_id(data, path: Path, by_language: dict, by_name: dict) -> int:
+    if "problem_info" in data.attrs:
+        info = json.loads(data.attrs["problem_info"])
+        language = _norm(info.get("language_instruction", ""))
+        if language in by_language:
+            return by_language[language]
+    stem = path.stem.removesuffix("_demo")
+    if stem in by_name:
+        return by_name[stem]
+    raise ValueError(
+        f"cannot tell which task {path} belongs to: its problem_info language and file "
+        "name match no task of this suite (pass files of this suite only)."
+    )
+
+
+def _norm(text) -> str:
+    if isinstance(text, (list, tuple)):
+        text = " ".join(map(str, text))
+    return " ".join(str(text).lower().split())
+
+
+def write_libero_rollout_demos(
+    path: str | os.PathLike,
+    suite: str,
+    task_id: int,
+    *,
+    num_demos: int = 2,
+    num_steps: int = 8,
+    policy: str = "zero",
+    init_state_ids: Sequence[int] | None = None,
+    seed: int = 0,
+    env=None,
+) -> Path:
+    """Write real LIBERO rollouts as a LIBERO-layout HDF5 demo file (for tests).
+
+    Each demo starts from a benchmark init state (context reset, settle
+    steps included) and runs ``num_steps`` zero (``policy="zero"``, gripper
+    open) or uniform random (``"random"``) actions. The layout is LIBERO's:
+    ``data/demo_i/obs/{agentview_rgb, eye_in_hand_rgb, joint_states,
+    gripper_states, ee_pos, ee_ori, ee_states}``, ``actions``, ``states``
+    (flattened MuJoCo state before each action), ``rewards``, ``dones``,
+    ``context_state`` (the start, before the settle steps), and
+    ``data.attrs["problem_info"]`` (JSON with ``language_instruction``) and
+    ``env_args``. As in LIBERO's files, images are stored as rendered (OpenGL
+    rows, upside down): the env's upright images are their 180-degree rotation.
+
+    Keyword Args:
+        env: a :class:`~torchrl_ript.envs.libero.LiberoContextEnv` of that
+            task without ``action_chunk`` to reuse (built if ``None``).
+
+    Examples:
+        >>> path = write_libero_rollout_demos("/tmp/t_demo.hdf5", "libero_spatial", 0)  # doctest: +SKIP
+    """
+    from robosuite.utils.transform_utils import quat2axisangle
+
+    from torchrl_ript.data.demos import DemoWriter
+    from torchrl_ript.envs.common import context_reset_td
+    from torchrl_ript.envs.libero import LiberoContextEnv
+
+    if policy not in ("zero", "random"):
+        raise ValueError(f"policy must be 'zero' or 'random', got {policy!r}.")
+    own_env = env is None
+    if own_env:
+        env = LiberoContextEnv(suite, task_id)
+    if env.action_chunk is not None:
+        raise ValueError("pass an env without action_chunk: demos store one action per step.")
+    contexts = libero_contexts(suite, task_ids=[task_id], context_state_dim=env.context_state_dim)
+    ids = list(init_state_ids) if init_state_ids is not None else list(range(num_demos))
+    generator = torch.Generator().manual_seed(seed)
+    task = libero_suite_tasks(suite)[task_id]
+    env_args = {
+        "type": "libero",
+        "suite": suite,
+        "task_id": int(task_id),
+        "camera_size": int(env.observation_spec["observation", "image"].shape[-1]),
+        "placement_seed": env.placement_seed,
+        "settle_steps": env.settle_steps,
+        "image_convention": "opengl (rotate 180 degrees for the env's upright images)",
+    }
+    try:
+        with DemoWriter(
+            path, task_name=task.name, language_instruction=str(task.language), env_args=env_args
+        ) as writer:
+            for index in ids:
+                state = contexts.states[contexts.task_contexts(task_id)[index]]
+                td = env.reset(context_reset_td(state[None], torch.tensor([task_id]))[0])
+                td_start = td
+                steps: dict[str, list] = {}
+                for _ in range(num_steps):
+                    _record(steps, td, env, quat2axisangle)
+                    if policy == "zero":
+                        action = torch.zeros(7)
+                        action[-1] = -1.0
+                    else:
+                        action = torch.rand(7, generator=generator) * 2 - 1
+                    steps.setdefault("actions", []).append(action.numpy().astype(np.float64))
+                    td["action"] = action
+                    td = env.step(td)["next"]
+                    steps.setdefault("rewards", []).append(float(td["reward"]))
+                    steps.setdefault("dones", []).append(int(td["done"]))
+                    if td["done"]:
+                        break
+                writer.add_demo(
+                    {name[4:]: np.stack(values) for name, values in steps.items() if name.startswith("obs/")},
+                    actions=np.stack(steps["actions"]),
+                    states=np.stack(steps["states"]),
+                    rewards=np.asarray(steps["rewards"], np.float32),
+                    dones=np.asarray(steps["dones"], np.uint8),
+                    # the start before the settle steps (states[0] is after them)
+                    context_state=td_start["context_state"][: env.true_state_dim].numpy(),
+                )
+    finally:
+        if own_env:
+            env.close()
+    return Path(path)
+
+
+def _record(steps: dict, td, env, quat2axisangle) -> None:
+    raw = env._env.env._observables  # robosuite observables, already force-updated
+    eef_pos = np.asarray(raw["robot0_eef_pos"].obs, dtype=np.float64)
+    eef_ori = np.asarray(quat2axisangle(np.asarray(raw["robot0_eef_quat"].obs)), dtype=np.float64)
+    values = {
+        # back to LIBERO's stored orientation (the env rotates by 180 degrees)
+        "obs/agentview_rgb": td["observation", "image"].permute(1, 2, 0).numpy()[::-1, ::-1],
+        "obs/eye_in_hand_rgb": td["observation", "wrist_image"].permute(1, 2, 0).numpy()[::-1, ::-1],
+        "obs/joint_states": np.asarray(raw["robot0_joint_pos"].obs, dtype=np.float64),
+        "obs/gripper_states": np.asarray(raw["robot0_gripper_qpos"].obs, dtype=np.float64),
+        "obs/ee_pos": eef_pos,
+        "obs/ee_ori": eef_ori,
+        "obs/ee_states": np.concatenate([eef_pos, eef_ori]),
+        "states": env.get_sim_state(),
+    }
+    for name, value in values.items():
+        steps.setdefault(name, []).append(np.ascontiguousarray(value))
