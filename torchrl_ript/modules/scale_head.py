@@ -7,7 +7,7 @@ NLL of the demonstration actions (the official code never released this step).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 from tensordict import TensorDictBase
@@ -96,8 +96,8 @@ def fit_scale_head(
     """Fit only ``scale_parameters`` by the actor's NLL on demonstration batches.
 
     Every other parameter of the actor is frozen for the fit and restored
-    afterwards. ``batches`` is cycled until ``steps`` updates are done (the
-    paper uses 500 steps). Returns the NLL of each step.
+    afterwards. ``batches`` feeds ``steps`` updates (the paper uses 500): a
+    list is cycled, an iterator is drawn from. Returns the NLL of each step.
 
     Examples:
         >>> from tensordict import TensorDict
@@ -127,7 +127,9 @@ def fit_scale_head(
         p.requires_grad_(id(p) in trainable)
     optimizer = torch.optim.Adam(scale_parameters, lr=lr)
     history: list[float] = []
-    source = itertools.cycle(batches)
+    # cycle a list of batches; draw from an iterator as is (cycling one keeps
+    # every batch it has seen, so an endless source would grow without bound)
+    source = batches if isinstance(batches, Iterator) else itertools.cycle(batches)
     try:
         for _ in tqdm(range(steps), desc="scale-head NLL", disable=not progress):
             loss = chunk_nll(actor, next(source), action_key=action_key, mask_key=mask_key)

@@ -1,0 +1,135 @@
+"""MetaWorld end to end: scripted demos -> SFT -> evaluate -> RIPT -> evaluate.
+
+    python examples/ript_metaworld.py                       # the default main job
+    python examples/ript_metaworld.py policy.kind=regression ript.group_size=8
+
+Ends by printing one JSON line: tasks, sr_sft, sr_ript, iterations, env_steps, wall_s.
+"""
+import time
+from functools import partial
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from torchrl_ript.envs.rendering import select_gl_backend
+
+select_gl_backend()  # before anything imports MuJoCo rendering
+
+from torchrl_ript.config import RIPTConfig  # noqa: E402
+from torchrl_ript.data.demos import read_demos  # noqa: E402
+from torchrl_ript.envs.metaworld import MetaWorldEnv, metaworld_contexts  # noqa: E402
+from torchrl_ript.envs.metaworld_demos import metaworld_key_map, record_metaworld_demos  # noqa: E402
+from torchrl_ript.trainers import evaluate_success, save_video  # noqa: E402
+from torchrl_ript.trainers.factory import make_batched_env, make_logger, make_ript_trainer  # noqa: E402
+from torchrl_ript.trainers.pipeline import load_or_train_policy, print_result_line, set_num_threads  # noqa: E402
+from torchrl_ript.trainers.plots import plot_success_rate  # noqa: E402
+
+IMAGE_KEYS = (("observation", "image"), ("observation", "wrist_image"))
+
+
+def demo_files(cfg, out: Path) -> list[Path]:
+    folder = Path(cfg.demos.dir) if cfg.demos.dir else out / "demos"
+    paths = []
+    for task in cfg.tasks:
+        path = folder / f"{task}_demo.hdf5"
+        if not path.exists():
+            record_metaworld_demos(
+                task, cfg.demos.per_task, out=folder, noise=cfg.demos.noise, seed=cfg.demos.seed,
+                camera_names=tuple(cfg.env.cameras), image_size=cfg.env.image_size,
+                max_steps=cfg.env.max_steps, progress=cfg.progress,
+            )
+        paths.append(path)
+    return paths
+
+
+def train_contexts(cfg, paths):
+    if cfg.contexts.source == "sampled":
+        return metaworld_contexts(list(cfg.tasks), cfg.contexts.per_task, seed=cfg.contexts.seed)
+    if cfg.contexts.source == "demos":
+        from torchrl_ript.data.context import ContextDataset
+
+        contexts = ContextDataset.from_demonstrations(paths, seed=cfg.contexts.seed)
+        if contexts.task_names != list(cfg.tasks):
+            raise ValueError(f"demo files hold tasks {contexts.task_names}, expected {list(cfg.tasks)}.")
+        return contexts
+    raise ValueError(f"contexts.source must be 'sampled' or 'demos', got {cfg.contexts.source!r}.")
+
+
+def first_per_task(contexts, n):
+    index = torch.cat([contexts.task_contexts(t)[:n] for t in range(contexts.num_tasks)])
+    return contexts.subset(index)
+
+
+@hydra.main(config_path="configs", config_name="ript_metaworld", version_base=None)
+def main(cfg: DictConfig) -> None:
+    start = time.perf_counter()
+    out = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
+    set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.ript.seed)
+    paths = demo_files(cfg, out)
+    image_keys = IMAGE_KEYS[: len(cfg.env.cameras)]
+    bundle, sft_info = load_or_train_policy(
+        cfg.policy.checkpoint,
+        build=dict(kind=cfg.policy.kind, preset=cfg.policy.preset, action_dim=4, state_dim=4,
+                   image_keys=image_keys, image_size=cfg.env.image_size,
+                   overrides=OmegaConf.to_container(cfg.policy.overrides),
+                   encoder_overrides=OmegaConf.to_container(cfg.policy.encoder)),
+        files_fn=lambda: [read_demos(p, key_map=metaworld_key_map(tuple(cfg.env.cameras))) for p in paths],
+        sft_options=dict(steps=cfg.sft.steps, autoencoder_steps=cfg.sft.autoencoder_steps,
+                         batch_size=cfg.sft.batch_size, lr=cfg.sft.lr, scale_steps=cfg.sft.scale_steps,
+                         seed=cfg.ript.seed),
+        save_to=out / "sft_policy.pt",
+        progress=cfg.progress,
+    )
+    ript_values = OmegaConf.to_container(cfg.ript, resolve=True)
+    if ript_values["max_decisions"] is None:
+        ript_values["max_decisions"] = bundle.decisions(cfg.env.max_steps)
+    config = RIPTConfig.from_mapping(ript_values)
+    env_fn = partial(MetaWorldEnv, task_names=list(cfg.tasks), camera_names=tuple(cfg.env.cameras),
+                     image_size=cfg.env.image_size, max_steps=cfg.env.max_steps,
+                     action_chunk=bundle.n_exec, render_quality="fast")
+    eval_env = make_batched_env(env_fn, cfg.env.num_envs)
+    held_out = metaworld_contexts(list(cfg.tasks), cfg.eval.per_task, seed=cfg.eval.seed)
+
+    def full_eval(tag):
+        result = evaluate_success(eval_env, bundle.policy, held_out, horizon=config.max_decisions,
+                                  record_videos=cfg.eval.videos, progress=cfg.progress)
+        for i, frames in enumerate(result.pop("videos")):
+            save_video(frames, out / "videos" / f"{tag}_{i}.gif")
+        print(f"[{tag}] held-out SR {result['success_rate']:.3f} per task {result['per_task']}", flush=True)
+        return result
+
+    sft_eval = full_eval("sft")
+    result = {"tasks": list(cfg.tasks), "policy": bundle.kind, "sr_sft": sft_eval["success_rate"],
+              "sr_sft_per_task": sft_eval["per_task"], "sft_s": sft_info["sft_s"]}
+    trainer = None
+    if cfg.stages.ript:
+        trainer = make_ript_trainer(
+            config, env=make_batched_env(env_fn, config.num_envs), eval_env=eval_env,
+            actor=bundle.actor, policy=bundle.policy, sampled_action_key=bundle.sampled_key,
+            train_contexts=train_contexts(cfg, paths),
+            eval_contexts=first_per_task(held_out, cfg.eval.during_training_per_task),
+            logger=make_logger(cfg.logger.kind, out / "logs", "ript_metaworld"),
+            checkpoint_dir=out / "checkpoints", progress=cfg.progress,
+        )
+        trainer.resume(out / "checkpoints" / "latest.pt")
+        trainer.train()
+        trainer.collector.shutdown()
+        final = full_eval("ript")
+        plot_success_rate(trainer.eval_history, trainer.history, out / "success_rate.png",
+                          title=f"RIPT on MetaWorld ({', '.join(cfg.tasks)})",
+                          baseline=sft_eval["success_rate"])
+        result.update(sr_ript=final["success_rate"], sr_ript_per_task=final["per_task"],
+                      iterations=trainer.step, env_steps=trainer.env_steps)
+    else:
+        result.update(sr_ript=None, iterations=0, env_steps=0)
+    eval_env.close()
+    result.update(wall_s=time.perf_counter() - start, output_dir=str(out),
+                  config=OmegaConf.to_container(cfg, resolve=True))
+    print_result_line(result, out / "result.json")
+
+
+if __name__ == "__main__":
+    main()

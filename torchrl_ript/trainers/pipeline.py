@@ -1,0 +1,167 @@
+"""Stages shared by the benchmark pipelines: policy -> SFT -> evaluate -> RIPT.
+
+The MetaWorld and LIBERO examples differ in their env, demos and contexts;
+what they do with a policy is the same and lives here.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tensordict.nn import TensorDictModuleBase
+from torch import nn
+from torchrl.modules import ProbabilisticActor
+
+from torchrl_ript.data.demos import DemoFile
+from torchrl_ript.models.checkpoint import load_policy, save_policy
+from torchrl_ript.models.common import EncoderConfig
+from torchrl_ript.models.laplace_policy import RegressionPolicy, make_regression_actor, regression_config
+from torchrl_ript.models.quest import QuestDecoder, QuestPolicy, make_quest_actor, quest_config
+from torchrl_ript.modules.actors import make_rollout_policy
+from torchrl_ript.trainers import sft
+
+__all__ = ["PolicyBundle", "build_policy", "wrap_policy", "train_sft", "load_or_train_policy", "print_result_line"]
+
+POLICY_KINDS = ("quest", "regression")
+
+
+@dataclass
+class PolicyBundle:
+    """A network with the two modules RIPT needs from it.
+
+    Attributes:
+        kind: ``"quest"`` (token actor) or ``"regression"`` (Laplace/Gaussian).
+        network: the :class:`QuestPolicy` / :class:`RegressionPolicy`.
+        actor: the ``ProbabilisticActor`` the PPO loss scores.
+        policy: what rollouts run (QueST: actor then token decoder).
+        sampled_key: the entry the loss scores (``"action_tokens"`` / ``"action"``).
+        n_exec: actions executed per decision (the env's ``action_chunk``).
+    """
+
+    kind: str
+    network: nn.Module
+    actor: ProbabilisticActor
+    policy: TensorDictModuleBase
+    sampled_key: str
+    n_exec: int
+
+    def decisions(self, max_env_steps: int) -> int:
+        """Decision steps that cover ``max_env_steps`` env steps."""
+        return math.ceil(max_env_steps / self.n_exec)
+
+
+def build_policy(
+    kind: str,
+    *,
+    preset: str,
+    action_dim: int,
+    state_dim: int,
+    image_keys: tuple,
+    image_size: int,
+    overrides: dict | None = None,
+    encoder_overrides: dict | None = None,
+) -> PolicyBundle:
+    """A fresh (untrained) policy of ``kind`` at ``preset`` size."""
+    if kind not in POLICY_KINDS:
+        raise ValueError(f"policy kind must be one of {POLICY_KINDS}, got {kind!r}.")
+    encoder = dict(encoder_overrides or {})
+    encoder.update(image_keys=tuple(image_keys), image_size=image_size, state_dim=state_dim)
+    make_config = quest_config if kind == "quest" else regression_config
+    config = make_config(preset, action_dim=action_dim, encoder=encoder, **dict(overrides or {}))
+    network = QuestPolicy(config) if kind == "quest" else RegressionPolicy(config)
+    return wrap_policy(network)
+
+
+def wrap_policy(network: nn.Module) -> PolicyBundle:
+    """Wrap a trained (or loaded) network as actor + rollout policy."""
+    network.eval()  # no dropout/BN noise: sampling-time and loss log-probs must agree
+    if isinstance(network, QuestPolicy):
+        actor = make_quest_actor(network)
+        policy = make_rollout_policy(actor, QuestDecoder(network))
+        return PolicyBundle("quest", network, actor, policy, "action_tokens", network.config.n_exec)
+    if isinstance(network, RegressionPolicy):
+        actor = make_regression_actor(network)
+        return PolicyBundle("regression", network, actor, actor, "action", network.config.chunk_size)
+    raise TypeError(f"cannot wrap {type(network).__name__}: use a QuestPolicy or RegressionPolicy.")
+
+
+def train_sft(
+    bundle: PolicyBundle,
+    files: list[DemoFile],
+    *,
+    steps: int,
+    batch_size: int = 64,
+    lr: float = 3e-4,
+    autoencoder_steps: int | None = None,
+    scale_steps: int = 500,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, list[float]]:
+    """Behaviour cloning: QueST autoencoder then prior; regression mean then scale."""
+    network = bundle.network
+    chunk = network.config.chunk_size
+    data = sft.chunk_demo_files(files, chunk)
+    batches = sft.batch_iterator(data, batch_size, seed=seed)
+    if bundle.kind == "quest":
+        history = sft.train_quest(
+            network, batches, ae_steps=autoencoder_steps or steps, prior_steps=steps, lr=lr,
+            progress=progress,
+        )
+    else:
+        history = {"regression": sft.train_regression(network, batches, steps=steps, lr=lr, progress=progress)}
+        history["scale"] = sft.fit_regression_scale(
+            network, batches, steps=scale_steps, actor=bundle.actor, progress=progress
+        )
+    network.eval()
+    return history
+
+
+def load_or_train_policy(
+    checkpoint: str | Path | None,
+    *,
+    build: dict,
+    files_fn,
+    sft_options: dict,
+    save_to: Path,
+    progress: bool = True,
+) -> tuple[PolicyBundle, dict]:
+    """Load ``checkpoint`` when given (skips SFT), else build, SFT and save.
+
+    Returns the bundle and ``{"sft_s": seconds, "history": {...}}``.
+    """
+    if checkpoint:
+        path = Path(checkpoint)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"policy checkpoint {path} does not exist: give an existing file, or "
+                "leave policy.checkpoint empty to train one by SFT."
+            )
+        return wrap_policy(load_policy(path)), {"sft_s": 0.0, "history": {}, "loaded": str(path)}
+    bundle = build_policy(**build)
+    start = time.perf_counter()
+    history = train_sft(bundle, files_fn(), progress=progress, **sft_options)
+    save_to.parent.mkdir(parents=True, exist_ok=True)
+    save_policy(bundle.network, save_to, extra={"sft": {k: v[-1:] for k, v in history.items()}})
+    return bundle, {"sft_s": time.perf_counter() - start, "history": history, "saved": str(save_to)}
+
+
+def print_result_line(result: dict, path: Path | None = None) -> None:
+    """Print the run's one-line JSON summary (last line of stdout), and save it."""
+    line = json.dumps(result, default=float)
+    if path is not None:
+        path.write_text(line + "\n")
+    print(line, flush=True)
+
+
+def encoder_config_of(bundle: PolicyBundle) -> EncoderConfig:
+    return bundle.network.config.encoder
+
+
+def set_num_threads(threads: int | None) -> None:
+    """Limit torch's intra-op threads (env workers need the other cores)."""
+    if threads:
+        torch.set_num_threads(int(threads))
