@@ -228,6 +228,7 @@ def read_demos(
     path: str | Path,
     *,
     key_map: Mapping | None = None,
+    rotate_images_180: bool = False,
 ) -> DemoFile:
     """Read a demo file into per-demo TensorDicts in the canonical VLA schema.
 
@@ -242,6 +243,11 @@ def read_demos(
             on the last dim, in key-map order. ``[T, H, W, 3]`` uint8 arrays
             become ``[T, 3, H, W]``. Defaults to every ``obs/<name>`` as
             ``("observation", name)``.
+        rotate_images_180 (bool): rotate images by 180 degrees. LIBERO's files
+            store camera frames as rendered (upside down); its envs, TorchRL's
+            ``LiberoEnv`` and :class:`~torchrl_ript.envs.libero.LiberoContextEnv`
+            show them upright: pass ``True`` for LIBERO files so SFT sees what
+            the policy will see. Defaults to ``False``.
 
     Examples:
         >>> # see the module docstring for a round trip
@@ -260,7 +266,7 @@ def read_demos(
         env_args = json.loads(data.attrs["env_args"]) if "env_args" in data.attrs else {}
         for demo in sorted(data.keys(), key=_demo_index):
             group = data[demo]
-            demos.append(_read_demo(group, key_map, f"{path}:data/{demo}"))
+            demos.append(_read_demo(group, key_map, f"{path}:data/{demo}", rotate_images_180))
             if "context_state" in group:
                 contexts.append(np.asarray(group["context_state"][()], dtype=np.float64).reshape(-1))
             elif "states" in group:
@@ -323,7 +329,7 @@ def demos_to_bc_dataset(
     return torch.cat(rows)
 
 
-def _read_demo(group, key_map: Mapping | None, where: str) -> TensorDict:
+def _read_demo(group, key_map: Mapping | None, where: str, rotate_images_180: bool = False) -> TensorDict:
     if "obs" not in group or "actions" not in group:
         raise KeyError(f"{where} lacks 'obs' or 'actions': not a robomimic/LIBERO demo.")
     obs = group["obs"]
@@ -337,7 +343,10 @@ def _read_demo(group, key_map: Mapping | None, where: str) -> TensorDict:
                     f"{where}/obs has no {name!r} (it has {sorted(obs.keys())}): "
                     "fix key_map."
                 )
-            parts.setdefault(target, []).append(_as_tensor(obs[name][()]))
+            array = _as_tensor(obs[name][()])
+            if rotate_images_180 and array.dtype == torch.uint8 and array.ndim == 4:
+                array = array.flip(-2, -1)
+            parts.setdefault(target, []).append(array)
     actions = torch.as_tensor(np.asarray(group["actions"][()]), dtype=torch.float32)
     length = actions.shape[0]
     out = TensorDict({"action": actions}, batch_size=[length])
