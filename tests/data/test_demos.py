@@ -59,15 +59,6 @@ def test_round_trip_maps_keys_and_converts_images(demo_file):
         assert torch.allclose(got["observation", "state"], torch.from_numpy(state).float())
         assert torch.allclose(got["action"], torch.from_numpy(want["actions"]).float())
 
-
-def test_rotate_images_180_for_libero_files(demo_file):
-    path, demos = demo_file
-    plain = read_demos(path, key_map=LIBERO_KEY_MAP)
-    rotated = read_demos(path, key_map=LIBERO_KEY_MAP, rotate_images_180=True)
-    want = torch.from_numpy(demos[0]["obs"]["agentview_rgb"][:, ::-1, ::-1].copy()).permute(0, 3, 1, 2)
-    assert torch.equal(rotated.demos[0]["observation", "image"], want)
-    assert not torch.equal(rotated.demos[0]["observation", "image"], plain.demos[0]["observation", "image"])
-    assert torch.equal(rotated.demos[0]["observation", "state"], plain.demos[0]["observation", "state"])
         assert torch.equal(got["states"], torch.from_numpy(want["states"]))
         assert got["done"][:, 0].tolist() == [False] * (len(got) - 1) + [True]
         assert got["reward"].sum() == 1.0 and got["reward"][-1] == 1.0
@@ -145,3 +136,13 @@ def test_metaworld_expert_demos_replay_exactly(tmp_path):
         td = env.step(td.set("action", demo["action"][t]))["next"]
     assert bool(td["success"]) and float(td["reward"]) == 1.0
     env.close()
+
+
+def test_rotate_images_180_for_libero_files(demo_file):
+    path, demos = demo_file
+    plain = read_demos(path, key_map=LIBERO_KEY_MAP)
+    rotated = read_demos(path, key_map=LIBERO_KEY_MAP, rotate_images_180=True)
+    want = torch.from_numpy(demos[0]["obs"]["agentview_rgb"][:, ::-1, ::-1].copy()).permute(0, 3, 1, 2)
+    assert torch.equal(rotated.demos[0]["observation", "image"], want)
+    assert not torch.equal(rotated.demos[0]["observation", "image"], plain.demos[0]["observation", "image"])
+    assert torch.equal(rotated.demos[0]["observation", "state"], plain.demos[0]["observation", "state"])
