@@ -1,9 +1,11 @@
 """torchrl-ript: RIPT-VLA (reinforcement interactive post-training of VLAs) on TorchRL."""
 from torchrl_ript.collectors import CollectionStats, GroupCollector, make_ript_replay_buffer
-from torchrl_ript.data import DemoFile, DemoWriter, ContextDataset, demos_to_bc_dataset, read_demos
+from torchrl_ript.data import libero_contexts, DemoFile, DemoWriter, ContextDataset, demos_to_bc_dataset, read_demos
 from torchrl_ript.envs import (
     ContextToyVLAEnv,
+    LiberoContextEnv,
     MetaWorldEnv,
+    ensure_libero,
     context_reset_td,
     context_state_spec,
     metaworld_contexts,
@@ -45,6 +47,9 @@ __all__ = [
     "read_demos",
     "ContextToyVLAEnv",
     "MetaWorldEnv",
+    "LiberoContextEnv",
+    "ensure_libero",
+    "libero_contexts",
     "metaworld_contexts",
     "select_gl_backend",
     "context_reset_td",

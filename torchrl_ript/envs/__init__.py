@@ -8,6 +8,8 @@ from torchrl_ript.envs.common import (
     context_state_spec,
     read_context,
 )
+from torchrl_ript.envs.libero import LIBERO_MAX_STEPS, LIBERO_SUITES, LiberoContextEnv, pad_state
+from torchrl_ript.envs.libero_setup import ensure_libero, libero_available
 from torchrl_ript.envs.metaworld import (
     METAWORLD_INSTRUCTIONS,
     MetaWorldEnv,
@@ -26,6 +28,12 @@ __all__ = [
     "context_state_spec",
     "read_context",
     "ContextToyVLAEnv",
+    "LIBERO_MAX_STEPS",
+    "LIBERO_SUITES",
+    "LiberoContextEnv",
+    "pad_state",
+    "ensure_libero",
+    "libero_available",
     "METAWORLD_INSTRUCTIONS",
     "MetaWorldEnv",
     "metaworld_contexts",
