@@ -149,7 +149,17 @@ class RIPTTrainer:
     def _optimise(self, batch: TensorDictBase) -> dict:
         n = batch.shape[0] if batch.batch_dims else 0
         if n == 0:
-            # dynamic sampling found no informative group: nothing to learn from
+            stats = getattr(self.collector, "last_stats", None)
+            detail = (
+                f" ({stats.contexts_drawn} contexts drawn: {stats.groups_all_failure} groups "
+                f"all failed, {stats.groups_all_success} all succeeded)"
+                if stats is not None
+                else ""
+            )
+            tqdm.write(
+                f"RIPT step {self.step + 1}: dynamic sampling found no informative group"
+                f"{detail}; nothing to learn from, the policy is unchanged."
+            )
             return {"train/skipped": 1, "train/batch": 0}
         losses, clips, kls, norms = [], [], [], []
         for _ in range(self.ppo_epochs):
