@@ -21,8 +21,8 @@ Examples:
     ...     paths = ensure_libero()
     ...     sorted(paths)[:2]
     ... else:
-    ...     ['assets', 'benchmark_root']
-    ['assets', 'benchmark_root']
+    ...     ['assets', 'bddl_files']
+    ['assets', 'bddl_files']
 """
 from __future__ import annotations
 
