@@ -36,7 +36,9 @@ class CollectionStats:
     env_steps: int = 0
     wall_s: float = 0.0
     policy_s: float = 0.0
-    env_s: float = 0.0
+    env_s: float = 0.0  # env.step: workers' sim + render, transfers, waiting
+    bookkeeping_s: float = 0.0  # recording decisions, finished rollouts, buffer writes
+    reset_s: float = 0.0  # context resets of freed env slots
     hit_draw_limit: bool = False
 
     @property
@@ -144,6 +146,11 @@ class GroupCollector(Collector):
         (torch.Size([4]), torch.Size([4, 3, 4]))
         >>> collector.shutdown()
     """
+
+    #: record decisions into a preallocated [n_slots, T] buffer (one write per
+    #: step for all slots) instead of per-slot records stacked at the end;
+    #: both give identical batches (set False to compare)
+    batched_record: bool = True
 
     @dataclass
     class _AcceptedKeys:
@@ -295,10 +302,22 @@ class GroupCollector(Collector):
         def record(rollout: Rollout, out: TensorDictBase, _next: TensorDictBase) -> None:
             rollout.steps.append(_decision_record(out, obs_keys, sampled_key, keys.log_prob))
 
+        # fast path: every decision goes straight into a preallocated
+        # [n_slots, T] buffer (one indexed write per key and step); a finished
+        # rollout's row is copied out once
+        buffer = _StepBuffer(self.env.batch_size[0], self.horizon, (*obs_keys, sampled_key, keys.log_prob))
+
+        def record_batch(slot_ids, rollouts, out, _next) -> None:
+            for slot, rollout in zip(slot_ids, rollouts):
+                rollout.slot = slot
+            buffer.write(slot_ids, [r.decisions for r in rollouts], out)
+
         def on_finish(rollout: Rollout) -> bool:
             stats.rollouts_finished += 1
             stats.successes += int(rollout.success)
             before = len(rb)
+            if self.batched_record:
+                rollout.steps = buffer.take(rollout.slot, rollout.decisions)
             rb.extend(self._trajectory(rollout))
             if len(rb) > before or _group_completed(rb, rollout.group_id):
                 stats.groups_completed += 1
@@ -310,7 +329,8 @@ class GroupCollector(Collector):
             self.policy,
             self.context_dataset,
             horizon=self.horizon,
-            record=record,
+            record=None if self.batched_record else record,
+            record_batch=record_batch if self.batched_record else None,
             action_key=keys.action,
             done_key=keys.done,
             success_key=keys.success,
@@ -325,6 +345,8 @@ class GroupCollector(Collector):
         stats.env_steps = engine.times.env_steps
         stats.policy_s = engine.times.policy_s
         stats.env_s = engine.times.env_s
+        stats.bookkeeping_s = engine.times.bookkeeping_s
+        stats.reset_s = engine.times.reset_s
         if len(rb) < target:
             stats.hit_draw_limit = True
             warnings.warn(
@@ -363,13 +385,17 @@ class GroupCollector(Collector):
 
     def _trajectory(self, slot: Rollout) -> TensorDict:
         success = slot.success
-        steps = torch.stack(slot.steps)
-        length = steps.shape[0]
+        if isinstance(slot.steps, TensorDictBase):  # batched record: already [T], zero padded
+            steps = slot.steps
+            length = slot.decisions
+        else:
+            steps = torch.stack(slot.steps)
+            length = steps.shape[0]
+            if length < self.horizon:
+                pad = steps[:1].expand(self.horizon - length).clone().zero_()
+                steps = torch.cat([steps, pad])
         mask = torch.zeros(self.horizon, dtype=torch.bool)
         mask[:length] = True
-        if length < self.horizon:
-            pad = steps[:1].expand(self.horizon - length).clone().zero_()
-            steps = torch.cat([steps, pad])
         steps.set("mask", mask)
         log_prob = steps.get(self._tensor_keys.log_prob)
         traj_log_prob = (log_prob * mask.to(log_prob.dtype)).sum()
@@ -429,6 +455,31 @@ def _decision_record(out: TensorDictBase, obs_keys, sampled_key, log_prob_key) -
             "keys or GroupCollector.set_keys(...)."
         )
     return record.clone()
+
+
+class _StepBuffer:
+    """Decision records of the busy slots, ``[n_slots, T]``, allocated on first write."""
+
+    def __init__(self, n_slots: int, horizon: int, keys) -> None:
+        self.n_slots, self.horizon, self.keys = n_slots, horizon, list(keys)
+        self.td: TensorDict | None = None
+        self.leaves: list | None = None
+
+    def write(self, slot_ids: list[int], times: list[int], out: TensorDictBase) -> None:
+        if self.td is None:
+            record = _decision_record(out[:1], self.keys[:-2], self.keys[-2], self.keys[-1])[0]
+            self.td = record.expand(self.n_slots, self.horizon).clone().zero_()
+            self.leaves = [key for key in self.td.keys(True, True)]
+        ids = torch.tensor(slot_ids)
+        ts = torch.tensor(times)
+        for key in self.leaves:
+            self.td.get(key)[ids, ts] = out.get(key)
+
+    def take(self, slot: int, length: int) -> TensorDict:
+        steps = self.td[slot].clone()
+        if length < self.horizon:
+            steps[length:].zero_()
+        return steps
 
 
 def _find(rb: ReplayBuffer, cls):
