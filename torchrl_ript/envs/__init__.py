@@ -1,6 +1,7 @@
 """RIPT environments: the context-reset contract and the envs that speak it."""
 from torchrl_ript.envs.common import (
     CONTEXT_STATE_KEY,
+    ENV_STEPS_KEY,
     SET_STATE_KEY,
     SUCCESS_KEY,
     TASK_ID_KEY,
@@ -21,6 +22,7 @@ from torchrl_ript.envs.toy import ContextToyVLAEnv
 
 __all__ = [
     "CONTEXT_STATE_KEY",
+    "ENV_STEPS_KEY",
     "SET_STATE_KEY",
     "SUCCESS_KEY",
     "TASK_ID_KEY",

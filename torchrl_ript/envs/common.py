@@ -22,6 +22,9 @@ Outputs (observation spec), in the canonical VLA layout:
 - ``"language_instruction"``: the task sentence (non-tensor);
 - ``"task_id"``: ``int64 [1]``; ``"success"``: ``bool [1]``;
 - ``"reward"``: ``float32 [1]``: 1 on the step success is first reached, else 0;
+- ``"env_steps"`` (optional): ``int64 [1]``, raw simulator steps this ``step``
+  ran (a chunked step runs several; 0 after reset). Without it a collector
+  counts one per step;
 - ``"terminated"`` on success, ``"truncated"`` at the time limit.
 
 Reset also echoes ``"context_state"`` and ``"set_state"`` (TorchRL's
@@ -42,6 +45,7 @@ __all__ = [
     "CONTEXT_STATE_KEY",
     "TASK_ID_KEY",
     "SUCCESS_KEY",
+    "ENV_STEPS_KEY",
     "context_state_spec",
     "context_reset_td",
     "read_context",
@@ -51,6 +55,7 @@ SET_STATE_KEY = "set_state"
 CONTEXT_STATE_KEY = "context_state"
 TASK_ID_KEY = "task_id"
 SUCCESS_KEY = "success"
+ENV_STEPS_KEY = "env_steps"
 
 
 def context_state_spec(state_dim: int, *, device=None) -> Composite:

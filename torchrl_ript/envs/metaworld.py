@@ -35,6 +35,7 @@ from torchrl.envs import EnvBase
 
 from torchrl_ript.envs.common import (
     CONTEXT_STATE_KEY,
+    ENV_STEPS_KEY,
     SET_STATE_KEY,
     SUCCESS_KEY,
     TASK_ID_KEY,
@@ -417,6 +418,7 @@ class MetaWorldEnv(EnvBase):
             **{
                 TASK_ID_KEY: Unbounded(shape=(1,), dtype=torch.int64),
                 SUCCESS_KEY: Categorical(2, shape=(1,), dtype=torch.bool),
+                ENV_STEPS_KEY: Unbounded(shape=(1,), dtype=torch.int64),
             },
         )
         shape = (ACTION_DIM,) if self.action_chunk is None else (self.action_chunk, ACTION_DIM)
@@ -471,6 +473,7 @@ class MetaWorldEnv(EnvBase):
                 "language_instruction": METAWORLD_INSTRUCTIONS[self.task_names[self._task_id]],
                 TASK_ID_KEY: torch.tensor([self._task_id]),
                 SUCCESS_KEY: torch.tensor([success]),
+                ENV_STEPS_KEY: torch.zeros(1, dtype=torch.int64),
             },
             batch_size=[],
         )
@@ -499,15 +502,18 @@ class MetaWorldEnv(EnvBase):
         actions = tensordict.get("action").detach().cpu().numpy().astype(np.float64)
         actions = np.clip(actions.reshape(-1, ACTION_DIM), -1.0, 1.0)
         success = False
+        executed = 0
         for action in actions:
             raw_obs, _, _, _, info = env.step(action)
             self._steps += 1
+            executed += 1
             success = bool(info["success"] > 0)
             if success or self._steps >= self.max_steps:
                 break
         truncated = not success and self._steps >= self.max_steps
         out = self._observe(raw_obs, success)
         out["reward"] = torch.tensor([float(success)], dtype=torch.float32)
+        out[ENV_STEPS_KEY] = torch.tensor([executed])
         out["terminated"] = torch.tensor([success])
         out["truncated"] = torch.tensor([truncated])
         out["done"] = torch.tensor([success or truncated])
