@@ -103,6 +103,7 @@ def test_chunk_equals_single_steps(env, chunk_env):
     _assert_same_obs(a, b)
     assert np.array_equal(env.get_sim_state(), chunk_env.get_sim_state())
     assert not bool(b["done"]) and float(b["reward"]) == 0.0
+    assert int(b["env_steps"]) == 4 and int(a["env_steps"]) == 1
 
 
 def test_set_state_from_other_init(env, chunk_env):

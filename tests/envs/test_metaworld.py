@@ -113,6 +113,7 @@ def test_chunked_step_renders_once_and_matches_single_steps():
     before = chunked.render_count
     td_c = chunked.step(td_c.set("action", actions))["next"]
     assert chunked.render_count - before == 1  # one camera, one render per chunk
+    assert int(td_c["env_steps"]) == 5
     for action in actions:
         td_s = single.step(td_s.set("action", action))["next"]
     _assert_bitwise_equal(_obs(td_c), _obs(td_s))

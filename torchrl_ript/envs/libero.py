@@ -40,6 +40,7 @@ from torchrl.envs.libs.libero import LiberoEnv
 
 from torchrl_ript.envs.common import (
     CONTEXT_STATE_KEY,
+    ENV_STEPS_KEY,
     SET_STATE_KEY,
     TASK_ID_KEY,
     context_state_spec,
@@ -298,6 +299,8 @@ class LiberoContextEnv(LiberoEnv):
         # Context-reset inputs (travel through ParallelEnv shared buffers).
         self.state_spec = context_state_spec(self.context_state_dim, device=self.device)
         self.observation_spec[TASK_ID_KEY] = Unbounded(shape=(1,), dtype=torch.int64, device=self.device)
+        # Low-level actions run by a (chunked) step, for honest env-step counts.
+        self.observation_spec[ENV_STEPS_KEY] = Unbounded(shape=(1,), dtype=torch.int64, device=self.device)
         if self.action_chunk is not None:
             # One decision step = a chunk of n low-level actions.
             low = self.action_spec.space.low.expand(self.action_chunk, -1).clone()
@@ -342,6 +345,7 @@ class LiberoContextEnv(LiberoEnv):
         out = self._read_obs(self._observe(), success=bool(env.check_success()))
         out.update(self.full_done_spec.zero())
         out[CONTEXT_STATE_KEY] = pad_state(start, self.context_state_dim).to(self.device)
+        out[ENV_STEPS_KEY] = torch.zeros(1, dtype=torch.int64, device=self.device)
         return out
 
     def _placement_reset(self) -> None:
@@ -373,15 +377,18 @@ class LiberoContextEnv(LiberoEnv):
         actions = tensordict.get("action").detach().cpu().to(torch.float64).numpy()
         actions = actions.reshape(-1, self._action_dim)
         success = False
+        executed = 0
         for action in actions:
             self._act(action)
             self._elapsed += 1
+            executed += 1
             success = bool(self._env.check_success())
             if success or self._elapsed >= self.max_episode_steps:
                 break  # the rest of the chunk is not executed
         truncated = self._elapsed >= self.max_episode_steps and not success
         out = self._read_obs(self._observe(), success=success)
         out["reward"] = torch.tensor([float(success)], device=self.device)
+        out[ENV_STEPS_KEY] = torch.tensor([executed], dtype=torch.int64, device=self.device)
         out["terminated"] = torch.tensor([success], dtype=torch.bool, device=self.device)
         out["truncated"] = torch.tensor([truncated], dtype=torch.bool, device=self.device)
         out["done"] = torch.tensor([success or truncated], dtype=torch.bool, device=self.device)

@@ -123,8 +123,8 @@ class RIPTTrainer:
                 record.update({f"collect/{k}": v for k, v in stats.as_dict().items()})
                 self.env_steps += stats.env_steps
             record.update(self._optimise(batch))
-            if self.scheduler is not None:
-                self.scheduler.step()
+            if self.scheduler is not None and not record["train/skipped"]:
+                self.scheduler.step()  # a step without an update does not advance the schedule
             record["lr"] = self.optimizer.param_groups[0]["lr"]
             record["time/step_s"] = time.perf_counter() - start
             record["env_steps_total"] = self.env_steps
