@@ -121,3 +121,34 @@ def test_user_replay_buffer_is_filled_and_none_is_yielded():
 def test_bad_configs_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         collector(make_env(2), oracle_policy(), **kwargs)
+
+
+def _serial_toy_env():
+    return SerialEnv(4, partial(ContextToyVLAEnv, action_dim=2, max_steps=4))
+
+
+def test_runs_under_torchrl_multi_process_collector():
+    import gc
+
+    from torchrl.collectors import MultiSyncCollector
+
+    actor, _ = laplace_actor(init_scale=0.3)
+    group_collector = partial(GroupCollector, context_dataset=contexts(), group_size=4, seed=0,
+                              dynamic_sampling=False)
+    collector = MultiSyncCollector(
+        [_serial_toy_env, _serial_toy_env], actor, frames_per_batch=16, max_frames_per_traj=4,
+        collector_class=group_collector, total_frames=32,
+    )
+    batches = [batch.reshape(-1) for batch in collector]
+    collector.shutdown()
+    del collector
+    gc.collect()
+    assert len(batches) == 2
+    for batch in batches:
+        assert batch.batch_size == (16,)
+        # workers draw different contexts and never share a group id
+        ids = batch["group_id"].reshape(2, 8)
+        assert not set(ids[0].tolist()) & set(ids[1].tolist())
+        for g in batch["group_id"].unique():
+            assert int((batch["group_id"] == g).sum()) == 4
+        assert batch["advantage"].shape == (16, 1)

@@ -100,6 +100,16 @@ class GroupCollector(Collector):
       the loss needs: the policy's observation inputs (images stay uint8),
       the sampled action and its per-decision log-prob.
 
+    Under TorchRL's multi-process collectors, pass a ``functools.partial`` of
+    this class as ``collector_class``; each worker draws its own contexts and
+    ``frames_per_batch / num_workers`` becomes its B::
+
+        MultiSyncCollector([make_env] * 2, actor, frames_per_batch=2 * B,
+                           max_frames_per_traj=T, collector_class=partial(
+                               GroupCollector, context_dataset=contexts, group_size=K))
+
+    It yields ``[num_workers, B]`` batches (``batch.reshape(-1)`` for rows).
+
     Args:
         create_env_fn: a batched env (e.g. :class:`~torchrl.envs.ParallelEnv`
             of single envs speaking the context contract), or a callable
@@ -178,11 +188,11 @@ class GroupCollector(Collector):
     def __init__(
         self,
         create_env_fn,
-        policy,
+        policy=None,
         *,
         context_dataset: ContextDataset,
         group_size: int,
-        trajs_per_batch: int,
+        trajs_per_batch: int | None = None,
         max_frames_per_traj: int,
         max_context_draws: int | None = None,
         dynamic_sampling: bool = True,
@@ -192,8 +202,22 @@ class GroupCollector(Collector):
         observation_keys: list[NestedKey] | None = None,
         seed: int | None = None,
         worker_idx: int | None = None,
+        frames_per_batch: int | None = None,
         **kwargs,
     ) -> None:
+        # Under TorchRL's multi-process collectors the worker is built with the
+        # runner's generic arguments: frames_per_batch is then this worker's B,
+        # and the layout options below are fixed by the trajectory format.
+        if trajs_per_batch is None:
+            trajs_per_batch = frames_per_batch
+        if trajs_per_batch is None:
+            raise TypeError("GroupCollector needs trajs_per_batch= (B, rollouts per batch).")
+        for fixed in ("use_buffers", "trust_policy", "track_traj_ids", "split_trajs",
+                      "trajs_per_write", "traj_pool", "reset_at_each_iter", "compact_obs"):
+            kwargs.pop(fixed, None)
+        for maybe_none in ("postproc", "init_random_frames", "interruptor"):
+            if kwargs.get(maybe_none, 0) is None:
+                kwargs.pop(maybe_none)
         _check_sizes(group_size, trajs_per_batch, max_frames_per_traj, max_context_draws)
         if not isinstance(context_dataset, ContextDataset):
             raise TypeError(
@@ -219,10 +243,14 @@ class GroupCollector(Collector):
         )
         self._generator = torch.Generator()
         if seed is not None:
-            self._generator.manual_seed(seed)
+            # workers of a multi-process collector draw different contexts
+            self._generator.manual_seed(seed + (worker_idx or 0))
         self._tensor_keys = self._AcceptedKeys()
         self._observation_keys = observation_keys
         self._next_group = 0
+        self._next_traj = 0
+        # group and trajectory ids stay unique across workers of a multi-process collector
+        self._group_offset = 0 if worker_idx is None else int(worker_idx) << 40
         self.last_stats = CollectionStats()
         super().__init__(
             create_env_fn,
@@ -238,8 +266,6 @@ class GroupCollector(Collector):
             auto_register_policy_transforms=kwargs.pop("auto_register_policy_transforms", False),
             **kwargs,
         )
-        # group ids stay unique across workers of a multi-process collector
-        self._group_offset = 0 if worker_idx is None else int(worker_idx) << 40
         if len(self.env.batch_size) != 1:
             raise ValueError(
                 "GroupCollector needs a batched env with one batch dim (e.g. ParallelEnv), "
@@ -384,6 +410,7 @@ class GroupCollector(Collector):
         ]
 
     def _trajectory(self, slot: Rollout) -> TensorDict:
+        self._next_traj += 1
         success = slot.success
         if isinstance(slot.steps, TensorDictBase):  # batched record: already [T], zero padded
             steps = slot.steps
@@ -408,6 +435,8 @@ class GroupCollector(Collector):
                 "success": torch.tensor([success]),
                 "length": torch.tensor(length),
                 "env_steps": torch.tensor(slot.env_steps),
+                # TorchRL's trajectory id (multi-process collectors count these)
+                ("collector", "traj_ids"): torch.tensor(self._group_offset + self._next_traj),
                 self._tensor_keys.log_prob: traj_log_prob,
                 "steps": steps,
             },

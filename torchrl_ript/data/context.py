@@ -362,6 +362,19 @@ class ContextDataset:
             seed=self.seed,
         )
 
+    def __getstate__(self) -> dict:
+        # torch.Generator does not survive torch.multiprocessing's pickling
+        # (its state is shared as an fd-backed storage): send plain bytes.
+        state = dict(self.__dict__)
+        state["generator"] = bytes(self.generator.get_state().numpy())
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        generator = torch.Generator()
+        generator.set_state(torch.frombuffer(bytearray(state["generator"]), dtype=torch.uint8))
+        state["generator"] = generator
+        self.__dict__.update(state)
+
     # -- persistence ----------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Save to one file (``torch.save``), loadable with :meth:`load`."""
