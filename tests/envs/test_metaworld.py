@@ -173,3 +173,20 @@ def test_parallel_env_spawn_workers_reset_identically():
         assert out["observation", "image"].float().std() > 0
     finally:
         penv.close()
+
+
+def test_serial_env_partial_context_reset():
+    from functools import partial
+
+    from torchrl.envs import SerialEnv
+
+    from torchrl_ript.envs.common import context_reset_td
+
+    env = SerialEnv(2, partial(MetaWorldEnv, task_names=["reach-v3"], image_size=32, max_steps=20, action_chunk=4))
+    env.reset()
+    contexts = metaworld_contexts(["reach-v3"], 2, seed=0)
+    td = env.reset(context_reset_td(contexts.states, contexts.task_ids, reset_mask=torch.tensor([True, False])))
+    assert torch.equal(td["context_state"][0], contexts.states[0])
+    td["action"] = torch.zeros(2, 4, 4)
+    assert env.step(td)["next", "env_steps"].reshape(-1).tolist() == [4, 4]
+    env.close()

@@ -388,7 +388,7 @@ class MetaWorldEnv(EnvBase):
         apply_render_quality(render_quality)  # validates the name
         if camera_names:
             select_gl_backend()
-        super().__init__(device="cpu", batch_size=[])
+        super().__init__(device=None, batch_size=[])  # like ToyVLAEnv: SerialEnv partial resets mix devices otherwise
         self.task_names = task_names
         self.camera_names = camera_names
         self.image_size = int(image_size)
@@ -413,7 +413,7 @@ class MetaWorldEnv(EnvBase):
         self.observation_spec = Composite(
             observation=Composite(observation),
             language_instruction=NonTensor(
-                shape=(), example_data=METAWORLD_INSTRUCTIONS[self.task_names[0]]
+                shape=(), example_data=METAWORLD_INSTRUCTIONS[self.task_names[0]], device=self.device
             ),
             **{
                 TASK_ID_KEY: Unbounded(shape=(1,), dtype=torch.int64),
@@ -476,6 +476,7 @@ class MetaWorldEnv(EnvBase):
                 ENV_STEPS_KEY: torch.zeros(1, dtype=torch.int64),
             },
             batch_size=[],
+            device=self.device,  # SerialEnv stacks outputs and needs one device
         )
 
     # -- EnvBase ----------------------------------------------------------------
