@@ -23,7 +23,6 @@ from torchrl_ript.envs.libero_setup import ensure_libero
 
 ensure_libero()  # LIBERO's config, assets and GL backend, before anything imports libero
 
-from torchrl_ript.config import RIPTConfig  # noqa: E402
 from torchrl_ript.data.libero_contexts import libero_contexts  # noqa: E402
 from torchrl_ript.envs.libero import LIBERO_MAX_STEPS  # noqa: E402
 from torchrl_ript.envs.libero_factory import (  # noqa: E402
@@ -35,7 +34,13 @@ from torchrl_ript.envs.libero_factory import (  # noqa: E402
 from torchrl_ript.models.checkpoint import save_policy  # noqa: E402
 from torchrl_ript.trainers import evaluate_success, save_video  # noqa: E402
 from torchrl_ript.trainers.factory import make_batched_env, make_logger, make_ript_trainer  # noqa: E402
-from torchrl_ript.trainers.pipeline import load_or_train_policy, print_result_line, set_num_threads  # noqa: E402
+from torchrl_ript.trainers.pipeline import (  # noqa: E402
+    load_or_train_policy,
+    print_result_line,
+    ript_config,
+    set_num_threads,
+    sft_options,
+)
 from torchrl_ript.trainers.plots import plot_success_rate  # noqa: E402
 
 ACTION_DIM, STATE_DIM = 7, 9  # LIBERO: delta eef pose + gripper; joints (7) + gripper qpos (2)
@@ -94,16 +99,11 @@ def main(cfg: DictConfig) -> None:
                    overrides=OmegaConf.to_container(cfg.policy.overrides),
                    encoder_overrides=OmegaConf.to_container(cfg.policy.encoder)),
         files_fn=lambda: read_libero_demo_files(paths, max_demos=cfg.demos.max_per_task),
-        sft_options=dict(steps=cfg.sft.steps, autoencoder_steps=cfg.sft.autoencoder_steps,
-                         batch_size=cfg.sft.batch_size, lr=cfg.sft.lr, scale_steps=cfg.sft.scale_steps,
-                         seed=cfg.ript.seed),
+        sft_options=sft_options(cfg.sft, seed=cfg.ript.seed),
         save_to=out / "sft_policy.pt",
         progress=cfg.progress,
     )
-    ript_values = OmegaConf.to_container(cfg.ript, resolve=True)
-    if ript_values["max_decisions"] is None:
-        ript_values["max_decisions"] = bundle.decisions(max_steps)
-    config = RIPTConfig.from_mapping(ript_values)
+    config = ript_config(OmegaConf.to_container(cfg.ript, resolve=True), bundle, max_env_steps=max_steps)
     env_fn = libero_env_fn(
         cfg.suite, task_ids, max_live_tasks=cfg.env.max_live_tasks, camera_size=cfg.env.camera_size,
         wrist_camera=cfg.env.wrist_camera, max_episode_steps=max_steps, action_chunk=bundle.n_exec,

@@ -17,13 +17,18 @@ from torchrl_ript.envs.rendering import select_gl_backend
 
 select_gl_backend()  # before anything imports MuJoCo rendering
 
-from torchrl_ript.config import RIPTConfig  # noqa: E402
 from torchrl_ript.data.demos import read_demos  # noqa: E402
 from torchrl_ript.envs.metaworld import MetaWorldEnv, metaworld_contexts  # noqa: E402
 from torchrl_ript.envs.metaworld_demos import metaworld_key_map, record_metaworld_demos  # noqa: E402
 from torchrl_ript.trainers import evaluate_success, save_video  # noqa: E402
 from torchrl_ript.trainers.factory import make_batched_env, make_logger, make_ript_trainer  # noqa: E402
-from torchrl_ript.trainers.pipeline import load_or_train_policy, print_result_line, set_num_threads  # noqa: E402
+from torchrl_ript.trainers.pipeline import (  # noqa: E402
+    load_or_train_policy,
+    print_result_line,
+    ript_config,
+    set_num_threads,
+    sft_options,
+)
 from torchrl_ript.trainers.plots import plot_success_rate  # noqa: E402
 
 IMAGE_KEYS = (("observation", "image"), ("observation", "wrist_image"))
@@ -77,16 +82,11 @@ def main(cfg: DictConfig) -> None:
                    overrides=OmegaConf.to_container(cfg.policy.overrides),
                    encoder_overrides=OmegaConf.to_container(cfg.policy.encoder)),
         files_fn=lambda: [read_demos(p, key_map=metaworld_key_map(tuple(cfg.env.cameras))) for p in paths],
-        sft_options=dict(steps=cfg.sft.steps, autoencoder_steps=cfg.sft.autoencoder_steps,
-                         batch_size=cfg.sft.batch_size, lr=cfg.sft.lr, scale_steps=cfg.sft.scale_steps,
-                         seed=cfg.ript.seed),
+        sft_options=sft_options(cfg.sft, seed=cfg.ript.seed),
         save_to=out / "sft_policy.pt",
         progress=cfg.progress,
     )
-    ript_values = OmegaConf.to_container(cfg.ript, resolve=True)
-    if ript_values["max_decisions"] is None:
-        ript_values["max_decisions"] = bundle.decisions(cfg.env.max_steps)
-    config = RIPTConfig.from_mapping(ript_values)
+    config = ript_config(OmegaConf.to_container(cfg.ript, resolve=True), bundle, max_env_steps=cfg.env.max_steps)
     env_fn = partial(MetaWorldEnv, task_names=list(cfg.tasks), camera_names=tuple(cfg.env.cameras),
                      image_size=cfg.env.image_size, max_steps=cfg.env.max_steps,
                      action_chunk=bundle.n_exec, render_quality="fast")

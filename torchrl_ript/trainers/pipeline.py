@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from tensordict.nn import TensorDictModuleBase
 from torch import nn
 from torchrl.modules import ProbabilisticActor
 
+from torchrl_ript.config import RIPTConfig
 from torchrl_ript.data.demos import DemoFile
 from torchrl_ript.models.checkpoint import load_policy, save_policy
 from torchrl_ript.models.common import EncoderConfig
@@ -24,7 +26,16 @@ from torchrl_ript.models.quest import QuestDecoder, QuestPolicy, make_quest_acto
 from torchrl_ript.modules.actors import make_rollout_policy
 from torchrl_ript.trainers import sft
 
-__all__ = ["PolicyBundle", "build_policy", "wrap_policy", "train_sft", "load_or_train_policy", "print_result_line"]
+__all__ = [
+    "PolicyBundle",
+    "build_policy",
+    "wrap_policy",
+    "train_sft",
+    "load_or_train_policy",
+    "sft_options",
+    "ript_config",
+    "print_result_line",
+]
 
 POLICY_KINDS = ("quest", "regression")
 
@@ -147,6 +158,20 @@ def load_or_train_policy(
     save_to.parent.mkdir(parents=True, exist_ok=True)
     save_policy(bundle.network, save_to, extra={"sft": {k: v[-1:] for k, v in history.items()}})
     return bundle, {"sft_s": time.perf_counter() - start, "history": history, "saved": str(save_to)}
+
+
+def sft_options(sft: Mapping, *, seed: int) -> dict:
+    """The :func:`train_sft` keywords of an example's ``sft`` config section."""
+    return dict(steps=sft["steps"], autoencoder_steps=sft["autoencoder_steps"],
+                batch_size=sft["batch_size"], lr=sft["lr"], scale_steps=sft["scale_steps"], seed=seed)
+
+
+def ript_config(values: Mapping, bundle: PolicyBundle, *, max_env_steps: int) -> RIPTConfig:
+    """A validated :class:`RIPTConfig`; ``max_decisions: null`` covers the env's time limit."""
+    values = dict(values)
+    if values.get("max_decisions") is None:
+        values["max_decisions"] = bundle.decisions(max_env_steps)
+    return RIPTConfig.from_mapping(values)
 
 
 def print_result_line(result: dict, path: Path | None = None) -> None:

@@ -1,0 +1,31 @@
+"""The MetaWorld pipeline end to end on a tiny config: demos, SFT, eval, one RIPT step."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "ript_metaworld.py"
+
+
+def test_metaworld_pipeline_smoke(tmp_path):
+    run = subprocess.run(
+        [
+            sys.executable, str(EXAMPLE), f"hydra.run.dir={tmp_path}", "tasks=[reach-v3]",
+            "demos.per_task=1", "env.image_size=32", "env.max_steps=40", "env.num_envs=1",
+            "policy.preset=tiny", "sft.steps=3", "sft.autoencoder_steps=3", "sft.scale_steps=3",
+            "eval.per_task=2", "eval.during_training_per_task=1", "eval.videos=1",
+            "ript.num_steps=1", "ript.group_size=2", "ript.batch_size=2", "ript.ppo_epochs=1",
+            "ript.minibatch_size=2", "ript.max_context_draws=2", "progress=false",
+        ],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    for key in ("tasks", "sr_sft", "sr_ript", "iterations", "env_steps", "wall_s"):
+        assert key in result, key
+    assert result["tasks"] == ["reach-v3"] and result["iterations"] == 1
+    assert result["env_steps"] > 0
+    assert 0.0 <= result["sr_sft"] <= 1.0 and 0.0 <= result["sr_ript"] <= 1.0
+    for produced in ("demos/reach-v3_demo.hdf5", "sft_policy.pt", "success_rate.png",
+                     "checkpoints/latest.pt", "result.json", "videos/sft_0.gif"):
+        assert (tmp_path / produced).exists(), produced
