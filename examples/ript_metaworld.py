@@ -17,7 +17,10 @@ from torchrl_ript.envs.rendering import select_gl_backend
 
 select_gl_backend()  # before anything imports MuJoCo rendering
 
+from torchrl.envs.utils import ExplorationType  # noqa: E402
+
 from torchrl_ript.data.demos import read_demos  # noqa: E402
+from torchrl_ript.models.checkpoint import save_policy  # noqa: E402
 from torchrl_ript.envs.metaworld import MetaWorldEnv, metaworld_contexts  # noqa: E402
 from torchrl_ript.envs.metaworld_demos import metaworld_key_map, record_metaworld_demos  # noqa: E402
 from torchrl_ript.trainers import evaluate_success, save_video  # noqa: E402
@@ -32,6 +35,8 @@ from torchrl_ript.trainers.pipeline import (  # noqa: E402
 from torchrl_ript.trainers.plots import plot_success_rate  # noqa: E402
 
 IMAGE_KEYS = (("observation", "image"), ("observation", "wrist_image"))
+# the paper evaluates the mode (deterministic); "random" scores the sampling policy RIPT optimises
+EXPLORATION = {"deterministic": ExplorationType.DETERMINISTIC, "random": ExplorationType.RANDOM}
 
 
 def demo_files(cfg, out: Path) -> list[Path]:
@@ -95,6 +100,7 @@ def main(cfg: DictConfig) -> None:
 
     def full_eval(tag):
         result = evaluate_success(eval_env, bundle.policy, held_out, horizon=config.max_decisions,
+                                  exploration_type=EXPLORATION[cfg.eval.exploration],
                                   record_videos=cfg.eval.videos, progress=cfg.progress)
         for i, frames in enumerate(result.pop("videos")):
             save_video(frames, out / "videos" / f"{tag}_{i}.gif")
@@ -118,6 +124,7 @@ def main(cfg: DictConfig) -> None:
         trainer.resume(out / "checkpoints" / "latest.pt")
         trainer.train()
         trainer.collector.shutdown()
+        save_policy(bundle.network, out / "ript_policy.pt", extra={"ript_steps": trainer.step})
         final = full_eval("ript")
         plot_success_rate(trainer.eval_history, trainer.history, out / "success_rate.png",
                           title=f"RIPT on MetaWorld ({', '.join(cfg.tasks)})",

@@ -27,5 +27,5 @@ def test_metaworld_pipeline_smoke(tmp_path):
     assert result["env_steps"] > 0
     assert 0.0 <= result["sr_sft"] <= 1.0 and 0.0 <= result["sr_ript"] <= 1.0
     for produced in ("demos/reach-v3_demo.hdf5", "sft_policy.pt", "success_rate.png",
-                     "checkpoints/latest.pt", "result.json", "videos/sft_0.gif"):
+                     "checkpoints/latest.pt", "result.json", "videos/sft_0.gif", "ript_policy.pt"):
         assert (tmp_path / produced).exists(), produced
