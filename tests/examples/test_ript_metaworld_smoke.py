@@ -4,18 +4,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLE = Path(__file__).parents[2] / "examples" / "ript_metaworld.py"
 
 
-def test_metaworld_pipeline_smoke(tmp_path):
+@pytest.mark.parametrize("kind", ["quest", "regression"])
+def test_metaworld_pipeline_smoke(tmp_path, kind):
     run = subprocess.run(
         [
             sys.executable, str(EXAMPLE), f"hydra.run.dir={tmp_path}", "tasks=[reach-v3]",
             "demos.per_task=1", "env.image_size=32", "env.max_steps=40", "env.num_envs=1",
-            "policy.preset=tiny", "sft.steps=3", "sft.autoencoder_steps=3", "sft.scale_steps=3",
+            f"policy.kind={kind}", "policy.preset=tiny", "sft.steps=3", "sft.autoencoder_steps=3", "sft.scale_steps=3",
             "eval.per_task=2", "eval.during_training_per_task=1", "eval.videos=1",
             "ript.num_steps=1", "ript.group_size=2", "ript.batch_size=2", "ript.ppo_epochs=1",
             "ript.minibatch_size=2", "ript.max_context_draws=2", "progress=false",
+            # a tiny policy never succeeds: without rejection the PPO step still runs
+            "ript.dynamic_sampling=false",
         ],
         capture_output=True, text=True, timeout=600,
     )
@@ -29,3 +34,5 @@ def test_metaworld_pipeline_smoke(tmp_path):
     for produced in ("demos/reach-v3_demo.hdf5", "sft_policy.pt", "success_rate.png",
                      "checkpoints/latest.pt", "result.json", "videos/sft_0.gif", "ript_policy.pt"):
         assert (tmp_path / produced).exists(), produced
+    history = json.loads((tmp_path / "checkpoints" / "history.json").read_text())
+    assert history["train"][0]["train/batch"] == 2  # the loss ran on the collected batch
