@@ -67,3 +67,22 @@ def test_smoke_outputs(smoke_run):
     from torchrl_ript.models.quest import QuestPolicy
 
     assert isinstance(load_policy(out / "ript_policy.pt"), QuestPolicy)
+
+
+@pytest.mark.timeout(700)
+def test_regression_policy_updates_on_libero_observations(tmp_path):
+    # two cameras + proprio, Laplace policy, rejection off so the PPO step runs
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--config-name", "ript_libero_smoke", f"hydra.run.dir={tmp_path}",
+         "policy.kind=regression", "ript.dynamic_sampling=false", "ript.num_steps=1", "eval.videos=0"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    history = json.loads((tmp_path / "checkpoints" / "history.json").read_text())
+    assert history["train"][0]["train/batch"] == 2
+    from torchrl_ript.models.checkpoint import load_policy
+    from torchrl_ript.models.laplace_policy import RegressionPolicy
+
+    policy = load_policy(tmp_path / "ript_policy.pt")
+    assert isinstance(policy, RegressionPolicy)
+    assert len(policy.config.encoder.image_keys) == 2  # agentview + eye-in-hand
