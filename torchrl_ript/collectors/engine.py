@@ -17,6 +17,7 @@ from tensordict.utils import NestedKey
 from torchrl.envs import EnvBase
 
 from torchrl_ript.data.context import ContextDataset
+from torchrl_ript.data.instructions import instruction_strings
 from torchrl_ript.envs.common import context_reset_td
 
 __all__ = ["Rollout", "RolloutEngine", "patient_worker_wait"]
@@ -157,10 +158,11 @@ class RolloutEngine:
             done = nxt.get(self.done_key).reshape(n, -1).any(-1).tolist()
             counts = nxt.get(self.env_steps_key, None)
             counts = [1] * n if counts is None else counts.reshape(n, -1)[:, 0].tolist()
-            for i in busy:
-                rollout = slots[i]
-                if not rollout.decisions and not rollout.instruction:
-                    rollout.instruction = _text(td, self.instruction_key, i)
+            fresh = [i for i in busy if not slots[i].decisions and not slots[i].instruction]
+            if fresh and self.instruction_key in td.keys(include_nested=True):
+                texts = instruction_strings(td, self.instruction_key, n)
+                for i in fresh:
+                    slots[i].instruction = texts[i]
             if batched:
                 self.record_batch(busy, [slots[i] for i in busy], out, nxt)
             stop = False
@@ -283,18 +285,3 @@ def patient_worker_wait(env: EnvBase, *, spins: int = 64, sleep_s: float = 5e-5)
     base.__dict__["_wait_for_workers"] = wait
     return True
 
-
-def _text(td: TensorDictBase, key, i: int) -> str:
-    value = td.get(key, None)
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (list, tuple)):
-        return str(value[i])
-    tolist = getattr(value, "tolist", None)
-    if tolist is not None and not isinstance(value, torch.Tensor):
-        data = tolist()
-        return str(data[i]) if isinstance(data, list) else str(data)
-    value = value[i]
-    return value if isinstance(value, str) else str(getattr(value, "data", value))

@@ -9,6 +9,8 @@ from tensordict import NonTensorStack, TensorDictBase
 from tensordict.utils import NestedKey
 from torchrl.objectives import ClipPPOLoss
 
+from torchrl_ript.data.instructions import instruction_strings
+
 __all__ = ["TrajectoryClipPPOLoss"]
 
 _RATIOS = ("trajectory", "step")
@@ -128,11 +130,8 @@ class TrajectoryClipPPOLoss(ClipPPOLoss):
         mask = steps.get(keys.mask).to(torch.bool)
         rows, cols = mask.nonzero(as_tuple=True)
         flat = steps[mask]
-        instructions = tensordict.get(keys.instruction, None)
-        if instructions is not None:
-            texts = instructions if isinstance(instructions, str) else list(instructions)
-            if isinstance(texts, str):
-                texts = [texts] * tensordict.shape[0]
+        if keys.instruction in tensordict.keys(include_nested=True):
+            texts = instruction_strings(tensordict, keys.instruction, tensordict.shape[0])
             flat.set(keys.instruction, NonTensorStack(*[texts[r] for r in rows.tolist()]))
         if params is None:
             params = self.actor_network_params
