@@ -35,8 +35,18 @@ from torchrl_ript.trainers.pipeline import (  # noqa: E402
 from torchrl_ript.trainers.plots import plot_success_rate  # noqa: E402
 
 IMAGE_KEYS = (("observation", "image"), ("observation", "wrist_image"))
-# the paper evaluates the mode (deterministic); "random" scores the sampling policy RIPT optimises
+# "deterministic": the policy's mode (the paper's OpenVLA-OFT evaluation); "random": the
+# sampling policy RIPT optimises (QueST's own evaluation samples top-k tokens)
 EXPLORATION = {"deterministic": ExplorationType.DETERMINISTIC, "random": ExplorationType.RANDOM}
+
+
+def eval_modes(exploration) -> list[str]:
+    """``eval.exploration`` as a list of modes; the first is the headline SR."""
+    modes = [exploration] if isinstance(exploration, str) else list(exploration)
+    bad = [m for m in modes if m not in EXPLORATION]
+    if not modes or bad:
+        raise ValueError(f"eval.exploration must name modes among {list(EXPLORATION)}, got {exploration!r}.")
+    return modes
 
 
 def demo_files(cfg, out: Path) -> list[Path]:
@@ -89,6 +99,7 @@ def main(cfg: DictConfig) -> None:
         files_fn=lambda: [read_demos(p, key_map=metaworld_key_map(tuple(cfg.env.cameras))) for p in paths],
         sft_options=sft_options(cfg.sft, seed=cfg.ript.seed),
         save_to=out / "sft_policy.pt",
+        sampling=OmegaConf.to_container(cfg.policy.sampling),
         progress=cfg.progress,
     )
     config = ript_config(OmegaConf.to_container(cfg.ript, resolve=True), bundle, max_env_steps=cfg.env.max_steps)
@@ -97,20 +108,30 @@ def main(cfg: DictConfig) -> None:
                      action_chunk=bundle.n_exec, render_quality="fast")
     eval_env = make_batched_env(env_fn, cfg.env.num_envs)
     held_out = metaworld_contexts(list(cfg.tasks), cfg.eval.per_task, seed=cfg.eval.seed)
+    modes = eval_modes(cfg.eval.exploration)
 
     def full_eval(tag):
-        result = evaluate_success(eval_env, bundle.policy, held_out, horizon=config.max_decisions,
-                                  exploration_type=EXPLORATION[cfg.eval.exploration],
-                                  record_videos=cfg.eval.videos, progress=cfg.progress)
-        for i, frames in enumerate(result.pop("videos")):
-            save_video(frames, out / "videos" / f"{tag}_{i}.gif")
-        print(f"[{tag}] held-out SR {result['success_rate']:.3f} per task {result['per_task']}", flush=True)
-        return result
+        """SR per mode; the first mode's numbers are the headline ``success_rate``/``per_task``."""
+        by_mode = {}
+        for mode in modes:
+            result = evaluate_success(eval_env, bundle.policy, held_out, horizon=config.max_decisions,
+                                      exploration_type=EXPLORATION[mode],
+                                      record_videos=cfg.eval.videos if mode == modes[0] else 0,
+                                      progress=cfg.progress)
+            for i, frames in enumerate(result.pop("videos")):
+                save_video(frames, out / "videos" / f"{tag}_{i}.gif")
+            print(f"[{tag}] held-out SR ({mode}) {result['success_rate']:.3f} per task {result['per_task']}",
+                  flush=True)
+            by_mode[mode] = {"sr": result["success_rate"], "per_task": result["per_task"]}
+        headline = by_mode[modes[0]]
+        return {"success_rate": headline["sr"], "per_task": headline["per_task"], "by_mode": by_mode}
 
-    # the SFT evaluation is deterministic: a rerun from the same checkpoint may skip it
-    sft_eval = full_eval("sft") if cfg.stages.eval_sft else {"success_rate": None, "per_task": None}
-    result = {"tasks": list(cfg.tasks), "policy": bundle.kind, "sr_sft": sft_eval["success_rate"],
-              "sr_sft_per_task": sft_eval["per_task"], "sft_s": sft_info["sft_s"]}
+    # a rerun from the same checkpoint may skip the SFT evaluation
+    none = {"success_rate": None, "per_task": None, "by_mode": None}
+    sft_eval = full_eval("sft") if cfg.stages.eval_sft else none
+    result = {"tasks": list(cfg.tasks), "policy": bundle.kind, "eval_modes": modes,
+              "sr_sft": sft_eval["success_rate"], "sr_sft_per_task": sft_eval["per_task"],
+              "sr_sft_by_mode": sft_eval["by_mode"], "sft_s": sft_info["sft_s"]}
     trainer = None
     if cfg.stages.ript:
         trainer = make_ript_trainer(
@@ -119,7 +140,8 @@ def main(cfg: DictConfig) -> None:
             train_contexts=train_contexts(cfg, paths),
             eval_contexts=first_per_task(held_out, cfg.eval.during_training_per_task),
             logger=make_logger(cfg.logger.kind, out / "logs", "ript_metaworld"),
-            checkpoint_dir=out / "checkpoints", progress=cfg.progress,
+            checkpoint_dir=out / "checkpoints", eval_exploration_type=EXPLORATION[modes[0]],
+            progress=cfg.progress,
         )
         trainer.resume(out / "checkpoints" / "latest.pt")
         trainer.train()
@@ -130,7 +152,7 @@ def main(cfg: DictConfig) -> None:
                           title=f"RIPT on MetaWorld ({', '.join(cfg.tasks)})",
                           baseline=sft_eval["success_rate"])
         result.update(sr_ript=final["success_rate"], sr_ript_per_task=final["per_task"],
-                      iterations=trainer.step, env_steps=trainer.env_steps)
+                      sr_ript_by_mode=final["by_mode"], iterations=trainer.step, env_steps=trainer.env_steps)
     else:
         result.update(sr_ript=None, iterations=0, env_steps=0)
     eval_env.close()

@@ -9,6 +9,10 @@ import pytest
 EXAMPLE = Path(__file__).parents[2] / "examples" / "ript_metaworld.py"
 
 
+# QueST also runs with top-k sampling and scores both the sampling policy and the mode
+EXTRA = {"quest": ["policy.sampling.top_k=3", "eval.exploration=[random,deterministic]"], "regression": []}
+
+
 @pytest.mark.parametrize("kind", ["quest", "regression"])
 def test_metaworld_pipeline_smoke(tmp_path, kind):
     run = subprocess.run(
@@ -21,6 +25,7 @@ def test_metaworld_pipeline_smoke(tmp_path, kind):
             "ript.minibatch_size=2", "ript.max_context_draws=2", "progress=false",
             # a tiny policy never succeeds: without rejection the PPO step still runs
             "ript.dynamic_sampling=false",
+            *EXTRA[kind],
         ],
         capture_output=True, text=True, timeout=600,
     )
@@ -36,3 +41,10 @@ def test_metaworld_pipeline_smoke(tmp_path, kind):
         assert (tmp_path / produced).exists(), produced
     history = json.loads((tmp_path / "checkpoints" / "history.json").read_text())
     assert history["train"][0]["train/batch"] == 2  # the loss ran on the collected batch
+    if kind == "quest":
+        assert result["eval_modes"] == ["random", "deterministic"]
+        assert set(result["sr_ript_by_mode"]) == {"random", "deterministic"}
+        assert result["sr_ript"] == result["sr_ript_by_mode"]["random"]["sr"]
+        from torchrl_ript.models.checkpoint import load_policy
+
+        assert load_policy(tmp_path / "ript_policy.pt").config.top_k == 3  # saved with the weights

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tensordict.nn import TensorDictModuleBase
 from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
+from torchrl.envs.utils import ExplorationType
 from torchrl.record.loggers import Logger, get_logger
 
 from torchrl_ript.collectors.group import GroupCollector
@@ -50,12 +51,15 @@ def make_ript_trainer(
     eval_contexts: ContextDataset | None = None,
     logger: Logger | None = None,
     checkpoint_dir: str | Path | None = None,
+    eval_exploration_type: ExplorationType = ExplorationType.DETERMINISTIC,
     progress: bool = True,
 ) -> RIPTTrainer:
     """Wire a :class:`RIPTTrainer` (collector, loss, optimiser, schedule, eval).
 
     ``actor`` is scored by the loss; ``policy`` (default: the actor) is what
     the collector runs, e.g. the actor followed by a token decoder.
+    ``eval_exploration_type`` is how the periodic evaluation acts: the mode
+    (default) or the sampling policy (``ExplorationType.RANDOM``).
     """
     validate_ript_config(config)
     policy = actor if policy is None else policy
@@ -82,7 +86,8 @@ def make_ript_trainer(
 
         def evaluate():
             return evaluate_success(
-                eval_env, policy, eval_contexts, horizon=config.max_decisions, progress=progress
+                eval_env, policy, eval_contexts, horizon=config.max_decisions,
+                exploration_type=eval_exploration_type, progress=progress,
             )
 
     if checkpoint_dir is not None:

@@ -32,12 +32,15 @@ __all__ = [
     "wrap_policy",
     "train_sft",
     "load_or_train_policy",
+    "set_sampling",
     "sft_options",
     "ript_config",
     "print_result_line",
 ]
 
 POLICY_KINDS = ("quest", "regression")
+# sampling options: not architecture, so they may change on a trained checkpoint
+SAMPLING_FIELDS = {QuestPolicy: ("temperature", "top_k"), RegressionPolicy: ()}
 
 
 @dataclass
@@ -131,6 +134,40 @@ def train_sft(
     return history
 
 
+def set_sampling(network: nn.Module, **options) -> nn.Module:
+    """Change how a built or loaded network samples (QueST: ``temperature``, ``top_k``).
+
+    These options are part of the distribution that rollouts sample from and
+    that the loss scores, so they are safe to change on a trained checkpoint;
+    :func:`save_policy` stores them with the weights. ``None`` values are
+    ignored. Call it before :func:`wrap_policy`.
+
+    Examples:
+        >>> from torchrl_ript.models.quest import QuestPolicy, quest_config
+        >>> net = set_sampling(QuestPolicy(quest_config("tiny")), top_k=5)
+        >>> net.config.top_k
+        5
+    """
+    allowed = SAMPLING_FIELDS.get(type(network))
+    if allowed is None:
+        raise TypeError(f"no sampling options for {type(network).__name__}.")
+    options = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"{type(network).__name__} has no sampling option(s) {unknown}; "
+            f"valid: {list(allowed) or 'none'}."
+        )
+    top_k = options.get("top_k")
+    if top_k is not None and not 1 <= int(top_k) <= network.config.vocab_size:
+        raise ValueError(f"top_k must be in [1, {network.config.vocab_size}] (the token vocabulary), got {top_k}.")
+    if options.get("temperature", 1.0) <= 0:
+        raise ValueError(f"temperature must be > 0, got {options['temperature']}.")
+    for key, value in options.items():
+        setattr(network.config, key, value)
+    return network
+
+
 def load_or_train_policy(
     checkpoint: str | Path | None,
     *,
@@ -138,12 +175,15 @@ def load_or_train_policy(
     files_fn,
     sft_options: dict,
     save_to: Path,
+    sampling: Mapping | None = None,
     progress: bool = True,
 ) -> tuple[PolicyBundle, dict]:
     """Load ``checkpoint`` when given (skips SFT), else build, SFT and save.
 
-    Returns the bundle and ``{"sft_s": seconds, "history": {...}}``.
+    ``sampling`` (see :func:`set_sampling`) applies to the loaded or trained
+    network. Returns the bundle and ``{"sft_s": seconds, "history": {...}}``.
     """
+    sampling = dict(sampling or {})
     if checkpoint:
         path = Path(checkpoint)
         if not path.exists():
@@ -151,8 +191,11 @@ def load_or_train_policy(
                 f"policy checkpoint {path} does not exist: give an existing file, or "
                 "leave policy.checkpoint empty to train one by SFT."
             )
-        return wrap_policy(load_policy(path)), {"sft_s": 0.0, "history": {}, "loaded": str(path)}
+        network = set_sampling(load_policy(path), **sampling)
+        return wrap_policy(network), {"sft_s": 0.0, "history": {}, "loaded": str(path)}
     bundle = build_policy(**build)
+    set_sampling(bundle.network, **sampling)  # checked before SFT so a typo fails fast
+    bundle = wrap_policy(bundle.network)
     start = time.perf_counter()
     history = train_sft(bundle, files_fn(), progress=progress, **sft_options)
     save_to.parent.mkdir(parents=True, exist_ok=True)
