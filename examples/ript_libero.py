@@ -32,7 +32,7 @@ from torchrl_ript.envs.libero_factory import (  # noqa: E402
     write_random_libero_demos,
 )
 from torchrl_ript.models.checkpoint import save_policy  # noqa: E402
-from torchrl_ript.trainers import evaluate_success, save_video  # noqa: E402
+from torchrl_ript.trainers import EXPLORATION_MODES, evaluate_modes, exploration_modes, save_video  # noqa: E402
 from torchrl_ript.trainers.factory import make_batched_env, make_logger, make_ript_trainer  # noqa: E402
 from torchrl_ript.trainers.pipeline import (  # noqa: E402
     load_or_train_policy,
@@ -86,6 +86,7 @@ def main(cfg: DictConfig) -> None:
     start = time.perf_counter()
     out = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
     set_num_threads(cfg.threads)
+    modes = exploration_modes(cfg.eval.exploration)  # a bad name fails before any work
     torch.manual_seed(cfg.ript.seed)
     task_ids = [int(t) for t in cfg.task_ids]
     max_steps = cfg.env.max_steps or LIBERO_MAX_STEPS[cfg.suite]
@@ -101,6 +102,7 @@ def main(cfg: DictConfig) -> None:
         files_fn=lambda: read_libero_demo_files(paths, max_demos=cfg.demos.max_per_task),
         sft_options=sft_options(cfg.sft, seed=cfg.ript.seed),
         save_to=out / "sft_policy.pt",
+        sampling=OmegaConf.to_container(cfg.policy.sampling),
         progress=cfg.progress,
     )
     config = ript_config(OmegaConf.to_container(cfg.ript, resolve=True), bundle, max_env_steps=max_steps)
@@ -115,18 +117,20 @@ def main(cfg: DictConfig) -> None:
     held_out = first_per_task(held_out, task_ids, cfg.eval.per_task)
 
     def full_eval(tag):
-        result = evaluate_success(env, bundle.policy, held_out, horizon=config.max_decisions,
-                                  record_videos=cfg.eval.videos, progress=cfg.progress)
+        result = evaluate_modes(env, bundle.policy, held_out, horizon=config.max_decisions, modes=modes,
+                                record_videos=cfg.eval.videos, progress=cfg.progress)
         for i, frames in enumerate(result.pop("videos")):
             save_video(frames, out / "videos" / f"{tag}_{i}.gif")
-        print(f"[{tag}] SR {result['success_rate']:.3f} on {result['num_rollouts']} benchmark "
-              f"contexts, per task {result['per_task']}", flush=True)
+        for mode, scores in result["by_mode"].items():
+            print(f"[{tag}] SR ({mode}) {scores['sr']:.3f} on {result['num_rollouts']} benchmark "
+                  f"contexts, per task {scores['per_task']}", flush=True)
         return result
 
     before = full_eval("before")
     result = {"suite": cfg.suite, "task_ids": task_ids,
               "tasks": [held_out.task_names[t] for t in task_ids], "policy": bundle.kind,
-              "sr_before": before["success_rate"], "sr_before_per_task": before["per_task"],
+              "eval_modes": modes, "sr_before": before["success_rate"], "sr_before_per_task": before["per_task"],
+              "sr_before_by_mode": before["by_mode"],
               "sr_sft": before["success_rate"] if sft_needed else None, "sft_s": sft_info["sft_s"]}
     if cfg.stages.ript:
         during = cfg.eval.during_training_per_task
@@ -135,7 +139,8 @@ def main(cfg: DictConfig) -> None:
             sampled_action_key=bundle.sampled_key, train_contexts=train_contexts(cfg, paths),
             eval_contexts=first_per_task(held_out, task_ids, during) if during else None,
             logger=make_logger(cfg.logger.kind, out / "logs", "ript_libero"),
-            checkpoint_dir=out / "checkpoints", progress=cfg.progress,
+            checkpoint_dir=out / "checkpoints", eval_exploration_type=EXPLORATION_MODES[modes[0]],
+            progress=cfg.progress,
         )
         resumed = trainer.resume(out / "checkpoints" / "latest.pt")
         if during >= cfg.eval.per_task and not resumed:  # same contexts: reuse the "before" evaluation
@@ -160,7 +165,7 @@ def main(cfg: DictConfig) -> None:
         plot_success_rate(history, trainer.history, out / "success_rate.png",
                           title=f"RIPT on {cfg.suite} tasks {task_ids}", baseline=before["success_rate"])
         result.update(sr_ript=final["success_rate"], sr_ript_per_task=final["per_task"],
-                      iterations=trainer.step, iterations_without_update=skipped,
+                      sr_ript_by_mode=final["by_mode"], iterations=trainer.step, iterations_without_update=skipped,
                       env_steps=trainer.env_steps)
     else:
         env.close()

@@ -17,13 +17,11 @@ from torchrl_ript.envs.rendering import select_gl_backend
 
 select_gl_backend()  # before anything imports MuJoCo rendering
 
-from torchrl.envs.utils import ExplorationType  # noqa: E402
-
 from torchrl_ript.data.demos import read_demos  # noqa: E402
 from torchrl_ript.models.checkpoint import save_policy  # noqa: E402
 from torchrl_ript.envs.metaworld import MetaWorldEnv, metaworld_contexts  # noqa: E402
 from torchrl_ript.envs.metaworld_demos import metaworld_key_map, record_metaworld_demos  # noqa: E402
-from torchrl_ript.trainers import evaluate_success, save_video  # noqa: E402
+from torchrl_ript.trainers import EXPLORATION_MODES, evaluate_modes, exploration_modes, save_video  # noqa: E402
 from torchrl_ript.trainers.factory import make_batched_env, make_logger, make_ript_trainer  # noqa: E402
 from torchrl_ript.trainers.pipeline import (  # noqa: E402
     load_or_train_policy,
@@ -35,18 +33,6 @@ from torchrl_ript.trainers.pipeline import (  # noqa: E402
 from torchrl_ript.trainers.plots import plot_success_rate  # noqa: E402
 
 IMAGE_KEYS = (("observation", "image"), ("observation", "wrist_image"))
-# "deterministic": the policy's mode (the paper's OpenVLA-OFT evaluation); "random": the
-# sampling policy RIPT optimises (QueST's own evaluation samples top-k tokens)
-EXPLORATION = {"deterministic": ExplorationType.DETERMINISTIC, "random": ExplorationType.RANDOM}
-
-
-def eval_modes(exploration) -> list[str]:
-    """``eval.exploration`` as a list of modes; the first is the headline SR."""
-    modes = [exploration] if isinstance(exploration, str) else list(exploration)
-    bad = [m for m in modes if m not in EXPLORATION]
-    if not modes or bad:
-        raise ValueError(f"eval.exploration must name modes among {list(EXPLORATION)}, got {exploration!r}.")
-    return modes
 
 
 def demo_files(cfg, out: Path) -> list[Path]:
@@ -87,6 +73,7 @@ def main(cfg: DictConfig) -> None:
     start = time.perf_counter()
     out = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
     set_num_threads(cfg.threads)
+    modes = exploration_modes(cfg.eval.exploration)  # a bad name fails before any work
     torch.manual_seed(cfg.ript.seed)
     paths = demo_files(cfg, out)
     image_keys = IMAGE_KEYS[: len(cfg.env.cameras)]
@@ -108,23 +95,15 @@ def main(cfg: DictConfig) -> None:
                      action_chunk=bundle.n_exec, render_quality="fast")
     eval_env = make_batched_env(env_fn, cfg.env.num_envs)
     held_out = metaworld_contexts(list(cfg.tasks), cfg.eval.per_task, seed=cfg.eval.seed)
-    modes = eval_modes(cfg.eval.exploration)
 
     def full_eval(tag):
-        """SR per mode; the first mode's numbers are the headline ``success_rate``/``per_task``."""
-        by_mode = {}
-        for mode in modes:
-            result = evaluate_success(eval_env, bundle.policy, held_out, horizon=config.max_decisions,
-                                      exploration_type=EXPLORATION[mode],
-                                      record_videos=cfg.eval.videos if mode == modes[0] else 0,
-                                      progress=cfg.progress)
-            for i, frames in enumerate(result.pop("videos")):
-                save_video(frames, out / "videos" / f"{tag}_{i}.gif")
-            print(f"[{tag}] held-out SR ({mode}) {result['success_rate']:.3f} per task {result['per_task']}",
-                  flush=True)
-            by_mode[mode] = {"sr": result["success_rate"], "per_task": result["per_task"]}
-        headline = by_mode[modes[0]]
-        return {"success_rate": headline["sr"], "per_task": headline["per_task"], "by_mode": by_mode}
+        result = evaluate_modes(eval_env, bundle.policy, held_out, horizon=config.max_decisions,
+                                modes=modes, record_videos=cfg.eval.videos, progress=cfg.progress)
+        for i, frames in enumerate(result.pop("videos")):
+            save_video(frames, out / "videos" / f"{tag}_{i}.gif")
+        for mode, scores in result["by_mode"].items():
+            print(f"[{tag}] held-out SR ({mode}) {scores['sr']:.3f} per task {scores['per_task']}", flush=True)
+        return result
 
     # a rerun from the same checkpoint may skip the SFT evaluation
     none = {"success_rate": None, "per_task": None, "by_mode": None}
@@ -140,7 +119,7 @@ def main(cfg: DictConfig) -> None:
             train_contexts=train_contexts(cfg, paths),
             eval_contexts=first_per_task(held_out, cfg.eval.during_training_per_task),
             logger=make_logger(cfg.logger.kind, out / "logs", "ript_metaworld"),
-            checkpoint_dir=out / "checkpoints", eval_exploration_type=EXPLORATION[modes[0]],
+            checkpoint_dir=out / "checkpoints", eval_exploration_type=EXPLORATION_MODES[modes[0]],
             progress=cfg.progress,
         )
         trainer.resume(out / "checkpoints" / "latest.pt")

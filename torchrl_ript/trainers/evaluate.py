@@ -1,7 +1,7 @@
-"""Success rate on held-out contexts with deterministic actions."""
+"""Success rate on held-out contexts, with the policy's mode or its sampling distribution."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,11 @@ from tqdm.auto import tqdm
 from torchrl_ript.collectors.engine import Rollout, RolloutEngine
 from torchrl_ript.data.context import ContextDataset
 
-__all__ = ["evaluate_success", "save_video"]
+__all__ = ["EXPLORATION_MODES", "evaluate_modes", "exploration_modes", "evaluate_success", "save_video"]
+
+# "deterministic": the policy's mode (the paper's OpenVLA-OFT evaluation); "random": the
+# sampling policy RIPT optimises (QueST's own evaluation samples among the top-k tokens)
+EXPLORATION_MODES = {"deterministic": ExplorationType.DETERMINISTIC, "random": ExplorationType.RANDOM}
 
 
 def evaluate_success(
@@ -87,6 +91,58 @@ def evaluate_success(
         "env_steps": engine.times.env_steps,
         "videos": [np.stack(videos[i]) for i in sorted(videos)],
     }
+
+
+def exploration_modes(modes: str | Sequence[str]) -> list[str]:
+    """``modes`` (one name or a list of :data:`EXPLORATION_MODES` names) as a checked list."""
+    modes = [modes] if isinstance(modes, str) else list(modes)
+    unknown = [m for m in modes if m not in EXPLORATION_MODES]
+    if not modes or unknown:
+        raise ValueError(
+            f"evaluation modes must be among {list(EXPLORATION_MODES)} (a name or a list), got {modes!r}."
+        )
+    return modes
+
+
+def evaluate_modes(
+    env: EnvBase,
+    policy: Callable[[TensorDictBase], TensorDictBase],
+    contexts: ContextDataset,
+    *,
+    horizon: int,
+    modes: str | Sequence[str] = "deterministic",
+    record_videos: int = 0,
+    frame_key: NestedKey = ("observation", "image"),
+    progress: bool = True,
+) -> dict:
+    """:func:`evaluate_success` once per exploration mode (names of :data:`EXPLORATION_MODES`).
+
+    The first mode is the headline: its ``success_rate``, ``per_task`` and
+    ``videos`` are returned at the top level; ``by_mode`` maps every mode to
+    ``{"sr", "per_task"}``.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl.envs import SerialEnv
+        >>> from tensordict.nn import TensorDictModule
+        >>> from torchrl_ript import ContextDataset, ContextToyVLAEnv
+        >>> oracle = TensorDictModule(lambda s: s[..., 2:4], in_keys=[("observation", "state")], out_keys=["action"])
+        >>> contexts = ContextDataset(torch.rand(4, 2) - 0.5, [0] * 4, ["track"])
+        >>> env = SerialEnv(2, lambda: ContextToyVLAEnv(action_dim=2))
+        >>> out = evaluate_modes(env, oracle, contexts, horizon=4, modes=["random", "deterministic"], progress=False)
+        >>> sorted(out["by_mode"]), out["success_rate"]
+        (['deterministic', 'random'], 1.0)
+    """
+    modes = exploration_modes(modes)
+    headline, by_mode = None, {}
+    for mode in modes:
+        result = evaluate_success(
+            env, policy, contexts, horizon=horizon, exploration_type=EXPLORATION_MODES[mode],
+            record_videos=record_videos if headline is None else 0, frame_key=frame_key, progress=progress,
+        )
+        by_mode[mode] = {"sr": result["success_rate"], "per_task": result["per_task"]}
+        headline = headline or result
+    return {**headline, "by_mode": by_mode}
 
 
 def save_video(frames: np.ndarray, path: str | Path, *, fps: int = 10) -> Path:

@@ -1,0 +1,68 @@
+"""Sampling options on trained checkpoints, and evaluation in several exploration modes."""
+import pytest
+import torch
+from tensordict.nn import TensorDictModule
+from torchrl.envs import SerialEnv
+
+from torchrl_ript import ContextDataset, ContextToyVLAEnv
+from torchrl_ript.models.checkpoint import load_policy, save_policy
+from torchrl_ript.models.laplace_policy import RegressionPolicy, regression_config
+from torchrl_ript.models.quest import QuestPolicy, quest_config
+from torchrl_ript.trainers import evaluate_modes, exploration_modes
+from torchrl_ript.trainers.pipeline import load_or_train_policy, set_sampling
+
+
+def test_set_sampling_survives_save_and_load(tmp_path):
+    net = QuestPolicy(quest_config("tiny"))
+    save_policy(net, tmp_path / "sft.pt")
+    bundle, info = load_or_train_policy(tmp_path / "sft.pt", build={}, files_fn=None, sft_options={},
+                                        save_to=tmp_path / "unused.pt", sampling={"top_k": 4, "temperature": None})
+    assert info["loaded"] and bundle.network.config.top_k == 4
+    assert bundle.network.config.temperature == 1.0  # None keeps the saved value
+    save_policy(bundle.network, tmp_path / "ript.pt")
+    assert load_policy(tmp_path / "ript.pt").config.top_k == 4
+
+
+@pytest.mark.parametrize(
+    "network, options, match",
+    [
+        (lambda: QuestPolicy(quest_config("tiny")), {"top_p": 0.9}, "valid: \\['temperature', 'top_k'\\]"),
+        (lambda: QuestPolicy(quest_config("tiny")), {"top_k": 0}, "top_k must be in"),
+        (lambda: QuestPolicy(quest_config("tiny")), {"temperature": 0.0}, "temperature must be > 0"),
+        (lambda: RegressionPolicy(regression_config("tiny")), {"top_k": 5}, "valid: none"),
+    ],
+)
+def test_set_sampling_rejects_bad_options(network, options, match):
+    net = network()
+    before = dict(net.config.to_dict()) if hasattr(net.config, "to_dict") else None
+    with pytest.raises(ValueError, match=match):
+        set_sampling(net, **options)
+    if before is not None:
+        assert net.config.to_dict() == before  # nothing half-written
+
+
+def test_exploration_modes_names_the_valid_ones():
+    assert exploration_modes("random") == ["random"]
+    assert exploration_modes(("deterministic", "random")) == ["deterministic", "random"]
+    for bad in ("mode", [], ["random", "greedy"]):
+        with pytest.raises(ValueError, match="among \\['deterministic', 'random'\\]"):
+            exploration_modes(bad)
+
+
+def test_evaluate_modes_scores_the_mode_and_the_sampling_policy():
+    # action = mean + large noise when sampling: the mode always tracks, sampling mostly fails
+    class Noisy(torch.nn.Module):
+        def forward(self, state):
+            from torchrl.envs.utils import ExplorationType, exploration_type
+
+            mean = state[..., 2:4]
+            return mean if exploration_type() == ExplorationType.DETERMINISTIC else mean + 5 * torch.randn_like(mean)
+
+    torch.manual_seed(0)
+    policy = TensorDictModule(Noisy(), in_keys=[("observation", "state")], out_keys=["action"])
+    contexts = ContextDataset(torch.rand(6, 2) - 0.5, [0] * 6, ["track"])
+    env = SerialEnv(2, lambda: ContextToyVLAEnv(action_dim=2))
+    out = evaluate_modes(env, policy, contexts, horizon=4, modes=["random", "deterministic"], progress=False)
+    assert out["by_mode"]["deterministic"]["sr"] == 1.0
+    assert out["by_mode"]["random"]["sr"] < 1.0
+    assert out["success_rate"] == out["by_mode"]["random"]["sr"]  # the first mode is the headline
