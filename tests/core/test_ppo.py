@@ -94,3 +94,25 @@ def test_loss_options_are_checked():
         TrajectoryClipPPOLoss(actor, critic_network=torch.nn.Linear(1, 1))
     with pytest.raises(ValueError, match="ratio"):
         TrajectoryClipPPOLoss(actor, ratio="token")
+
+
+@pytest.mark.parametrize("ratio", ["trajectory", "step"])
+def test_token_outside_the_current_top_k_is_counted_not_infinite(ratio):
+    # top-2 of 11 bins: replace one stored token by the current least likely one
+    actor, _ = token_policy(top_k=2)
+    torch.manual_seed(0)
+    for param in actor.parameters():  # the toy net starts at zero: all logits tie
+        torch.nn.init.normal_(param)
+    batch = trajectories(actor, sampled_key="action_tokens")
+    batch["advantage"] = torch.tensor([[1.0], [-1.0], [1.0], [-1.0]])
+    first = batch["steps"][0:1, 0:1]
+    with torch.no_grad():
+        logits = actor.module[0](first)["logits"]  # [1, 1, L, V]
+    batch["steps", "action_tokens"][0, 0] = logits[0, 0].argmin(-1)
+    loss = TrajectoryClipPPOLoss(actor, ratio=ratio)
+    loss.set_keys(action="action_tokens")
+    out = loss(batch)
+    assert torch.isfinite(out["kl_approx"]) and torch.isfinite(out["loss_objective"])
+    assert float(out["support_exit_fraction"]) > 0
+    out["loss_objective"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in actor.parameters() if p.grad is not None)

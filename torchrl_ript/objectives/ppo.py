@@ -119,6 +119,26 @@ class TrajectoryClipPPOLoss(ClipPPOLoss):
         if ratio == "step":
             self.set_keys(sample_log_prob=(self.tensor_keys.steps, "action_log_prob"))
 
+    def _log_weight(self, tensordict: TensorDictBase, adv_shape):
+        log_weight, dist, kl_approx, log_is_weight = super()._log_weight(tensordict, adv_shape)
+        # Top-k sampling: a stored token that has left the current top-k scores -inf, so
+        # its ratio is 0 and it carries no gradient (exact for that distribution). Keep
+        # the logged KL finite (the mean over the others) and count those separately.
+        exited = torch.isinf(kl_approx)
+        self._support_exits = exited.to(kl_approx.dtype).mean().detach()
+        if exited.any():
+            finite = kl_approx[~exited]
+            fill = finite.mean() if finite.numel() else kl_approx.new_zeros(())
+            kl_approx = torch.where(exited, fill, kl_approx)
+        return log_weight, dist, kl_approx, log_is_weight
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """``ClipPPOLoss.forward``, plus ``support_exit_fraction``: the share of
+        ratios whose sampled action now has probability 0 (top-k sampling)."""
+        out = super().forward(tensordict)
+        out.set("support_exit_fraction", self._support_exits)
+        return out
+
     def _get_cur_log_prob(self, tensordict: TensorDictBase, params=None):
         keys = self.tensor_keys
         steps = tensordict.get(keys.steps, None)

@@ -161,7 +161,7 @@ class RIPTTrainer:
                 f"{detail}; nothing to learn from, the policy is unchanged."
             )
             return {"train/skipped": 1, "train/batch": 0}
-        losses, clips, kls, norms = [], [], [], []
+        losses, clips, kls, norms, exits = [], [], [], [], []
         for _ in range(self.ppo_epochs):
             order = torch.randperm(n, generator=self._shuffle)
             for start in range(0, n, self.minibatch_size):
@@ -178,6 +178,8 @@ class RIPTTrainer:
                 losses.append(float(loss.detach()))
                 clips.append(float(out["clip_fraction"]))
                 kls.append(float(out["kl_approx"]))
+                if "support_exit_fraction" in out.keys():
+                    exits.append(float(out["support_exit_fraction"]))
         record = {
             "train/loss": float(np.mean(losses)),
             "train/clip_fraction": float(np.mean(clips)),
@@ -187,6 +189,8 @@ class RIPTTrainer:
         }
         if norms:
             record["train/grad_norm"] = float(np.mean(norms))
+        if exits:  # top-k sampling: how often a sampled token left the updated top-k
+            record["train/support_exit_fraction"] = float(np.mean(exits))
         return record
 
     def _evaluate(self) -> dict:
