@@ -86,7 +86,8 @@ def main(cfg: DictConfig) -> None:
         files_fn=lambda: [read_demos(p, key_map=metaworld_key_map(tuple(cfg.env.cameras))) for p in paths],
         sft_options=sft_options(cfg.sft, seed=cfg.ript.seed),
         save_to=out / "sft_policy.pt",
-        sampling=OmegaConf.to_container(cfg.policy.sampling),
+        # top-k/temperature are token-policy options; the regression policy samples its Laplace
+        sampling=OmegaConf.to_container(cfg.policy.sampling) if cfg.policy.kind == "quest" else None,
         progress=cfg.progress,
     )
     config = ript_config(OmegaConf.to_container(cfg.ript, resolve=True), bundle, max_env_steps=cfg.env.max_steps)
