@@ -97,6 +97,8 @@ def test_without_dynamic_sampling_every_group_counts():
     batch = next(iter(c))
     assert batch.batch_size == (8,) and bool(batch["success"].all())
     assert torch.equal(batch["advantage"], torch.zeros(8, 1))
+    stats = c.last_stats  # kept, and still counted as uniform
+    assert stats.groups_kept == 2 and stats.groups_all_success == 2 and stats.groups_all_failure == 0
     c.shutdown()
 
 

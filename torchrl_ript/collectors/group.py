@@ -26,6 +26,7 @@ class CollectionStats:
     contexts_drawn: int = 0
     groups_completed: int = 0
     groups_kept: int = 0
+    # uniform groups: rejected with dynamic sampling on; kept (and in groups_kept) when it is off
     groups_all_success: int = 0
     groups_all_failure: int = 0
     rollouts_finished: int = 0
@@ -387,8 +388,13 @@ class GroupCollector(Collector):
             stats.groups_all_success = filt.dropped_all_success
             stats.groups_all_failure = filt.dropped_all_failure
             stats.groups_kept = filt.kept_groups
-        else:
+        else:  # nothing is rejected: count the complete uniform (zero-advantage) groups kept
             stats.groups_kept = stats.groups_completed
+            if len(rb):
+                rows = rb[: len(rb)]
+                stats.groups_all_success, stats.groups_all_failure = _uniform_groups(
+                    rows["group_id"], rows["reward"], self.group_size
+                )
         self._clear_pending()
         stats.wall_s = time.perf_counter() - start
         self.last_stats = stats
@@ -516,6 +522,15 @@ def _find(rb: ReplayBuffer, cls):
         if isinstance(transform, cls):
             return transform
     return None
+
+
+def _uniform_groups(group_ids: torch.Tensor, rewards: torch.Tensor, group_size: int) -> tuple[int, int]:
+    """(all-success, all-failure) counts among the complete groups of a batch."""
+    ids, inverse, counts = group_ids.reshape(-1).unique(return_inverse=True, return_counts=True)
+    rewards = rewards.reshape(len(inverse), -1)[:, 0]
+    wins = torch.zeros(len(ids), dtype=rewards.dtype).index_add_(0, inverse, rewards)
+    complete = counts == group_size
+    return int((complete & (wins == group_size)).sum()), int((complete & (wins == 0)).sum())
 
 
 def _group_completed(rb: ReplayBuffer, group_id: int) -> bool:
