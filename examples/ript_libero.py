@@ -163,7 +163,9 @@ def main(cfg: DictConfig) -> None:
             {"step": trainer.step, "success_rate": final["success_rate"]},
         ]
         plot_success_rate(history, trainer.history, out / "success_rate.png",
-                          title=f"RIPT on {cfg.suite} tasks {task_ids}", baseline=before["success_rate"])
+                          title=f"RIPT on {cfg.suite} tasks {task_ids}", baseline=before["success_rate"],
+                          eval_label=f"held-out SR ({modes[0]})",
+                          final={f"{m}, {cfg.eval.per_task}/task": r["sr"] for m, r in final["by_mode"].items()})
         result.update(sr_ript=final["success_rate"], sr_ript_per_task=final["per_task"],
                       sr_ript_by_mode=final["by_mode"], iterations=trainer.step, iterations_without_update=skipped,
                       env_steps=trainer.env_steps)

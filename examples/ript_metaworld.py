@@ -130,7 +130,9 @@ def main(cfg: DictConfig) -> None:
         final = full_eval("ript")
         plot_success_rate(trainer.eval_history, trainer.history, out / "success_rate.png",
                           title=f"RIPT on MetaWorld ({', '.join(cfg.tasks)})",
-                          baseline=sft_eval["success_rate"])
+                          baseline=sft_eval["by_mode"] and {m: r["sr"] for m, r in sft_eval["by_mode"].items()},
+                          eval_label=f"held-out SR ({modes[0]}, {cfg.eval.during_training_per_task}/task)",
+                          final={f"{m}, {cfg.eval.per_task}/task": r["sr"] for m, r in final["by_mode"].items()})
         result.update(sr_ript=final["success_rate"], sr_ript_per_task=final["per_task"],
                       sr_ript_by_mode=final["by_mode"], iterations=trainer.step, env_steps=trainer.env_steps)
     else:

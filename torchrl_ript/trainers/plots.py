@@ -1,6 +1,8 @@
 """A success-rate-vs-iteration plot people can read."""
 from __future__ import annotations
 
+import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = ["plot_success_rate"]
@@ -12,13 +14,17 @@ def plot_success_rate(
     path: str | Path,
     *,
     title: str = "RIPT success rate",
-    baseline: float | None = None,
+    baseline: float | Mapping[str, float] | None = None,
+    eval_label: str = "held-out SR (deterministic)",
+    final: Mapping[str, float] | None = None,
 ) -> Path:
-    """Held-out SR (deterministic) and rollout SR (sampling) per RIPT step.
+    """Held-out SR and rollout SR (sampling) per RIPT step.
 
     ``eval_history`` holds ``{"step", "success_rate", "sr/<task>"...}`` records
-    (``RIPTTrainer.eval_history``), ``train_history`` the per-step records
-    with ``collect/success_rate``. ``baseline`` draws the SFT level.
+    (``RIPTTrainer.eval_history``), labelled ``eval_label``; ``train_history``
+    the per-step records with ``collect/success_rate``. ``baseline`` draws the
+    SFT level (a mapping: one labelled line each); ``final`` maps labels to the SRs of a final (larger)
+    evaluation, drawn as stars after the last step.
     """
     import matplotlib
 
@@ -27,11 +33,11 @@ def plot_success_rate(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    fig, ax = plt.subplots(figsize=(8.4, 4.0), dpi=120)
     if eval_history:
         steps = [e["step"] for e in eval_history]
         ax.plot(steps, [100 * e["success_rate"] for e in eval_history], "o-", lw=2,
-                label="held-out SR (deterministic)")
+                label=eval_label)
         tasks = sorted({k for e in eval_history for k in e if k.startswith("sr/")})
         if 1 < len(tasks) <= 10:
             for task in tasks:
@@ -41,14 +47,20 @@ def plot_success_rate(
         ax.plot([r["step"] for r in train_history],
                 [100 * r.get("collect/success_rate", float("nan")) for r in train_history],
                 "s--", color="gray", label="rollout SR (sampling)")
+    if final:
+        last = max([e["step"] for e in eval_history] + [r["step"] for r in train_history] + [0])
+        for marker, (label, rate) in zip("*PXD", final.items()):
+            ax.plot([last + 0.3], [100 * rate], marker, ms=11, ls="none", label=f"final: {label}")
     if baseline is not None:
-        ax.axhline(100 * baseline, color="k", ls=":", label="SFT")
+        lines = baseline.items() if isinstance(baseline, Mapping) else [(None, baseline)]
+        for (label, rate), style in zip(lines, (":", "-.", "--")):
+            ax.axhline(100 * rate, color="k", ls=style, lw=1, label="SFT" if label is None else f"SFT: {label}")
     ax.set_xlabel("RIPT iteration")
     ax.set_ylabel("success rate (%)")
     ax.set_ylim(-2, 102)
-    ax.set_title(title)
+    ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: never hides data
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
