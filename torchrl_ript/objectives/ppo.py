@@ -115,6 +115,7 @@ class TrajectoryClipPPOLoss(ClipPPOLoss):
             **kwargs,
         )
         self.ratio = ratio
+        self._support_exits = torch.zeros(())
         self.set_keys(action="action", sample_log_prob="action_log_prob")
         if ratio == "step":
             self.set_keys(sample_log_prob=(self.tensor_keys.steps, "action_log_prob"))
