@@ -124,14 +124,14 @@ def evaluate_modes(
     Examples:
         >>> import torch
         >>> from torchrl.envs import SerialEnv
-        >>> from tensordict.nn import TensorDictModule
         >>> from torchrl_ript import ContextDataset, ContextToyVLAEnv
-        >>> oracle = TensorDictModule(lambda s: s[..., 2:4], in_keys=[("observation", "state")], out_keys=["action"])
-        >>> contexts = ContextDataset(torch.rand(4, 2) - 0.5, [0] * 4, ["track"])
-        >>> env = SerialEnv(2, lambda: ContextToyVLAEnv(action_dim=2))
-        >>> out = evaluate_modes(env, oracle, contexts, horizon=4, modes=["random", "deterministic"], progress=False)
-        >>> sorted(out["by_mode"]), out["success_rate"]
-        (['deterministic', 'random'], 1.0)
+        >>> from torchrl_ript.modules.toy_policies import toy_laplace_actor
+        >>> actor, _ = toy_laplace_actor()  # Laplace: "random" samples, "deterministic" takes the mean
+        >>> contexts = ContextDataset(torch.zeros(4, 2), [0] * 4, ["track"])
+        >>> out = evaluate_modes(SerialEnv(2, lambda: ContextToyVLAEnv(action_dim=2)), actor, contexts,
+        ...                      horizon=4, modes=["random", "deterministic"], progress=False)
+        >>> sorted(out["by_mode"]), out["success_rate"] == out["by_mode"]["random"]["sr"]
+        (['deterministic', 'random'], True)
     """
     modes = exploration_modes(modes)
     headline, by_mode = None, {}
