@@ -23,7 +23,7 @@ from torchrl_ript.envs.libero_setup import ensure_libero
 
 ensure_libero()  # LIBERO's config, assets and GL backend, before anything imports libero
 
-from torchrl_ript.data.libero_contexts import libero_contexts  # noqa: E402
+from torchrl_ript.envs.libero_contexts import libero_contexts  # noqa: E402
 from torchrl_ript.envs.libero import LIBERO_MAX_STEPS  # noqa: E402
 from torchrl_ript.envs.libero_factory import (  # noqa: E402
     find_libero_demo_files,

@@ -1,11 +1,12 @@
 """torchrl-ript: RIPT-VLA (reinforcement interactive post-training of VLAs) on TorchRL."""
 from torchrl_ript.collectors import CollectionStats, GroupCollector, make_ript_replay_buffer
-from torchrl_ript.data import libero_contexts, DemoFile, DemoWriter, ContextDataset, demos_to_bc_dataset, read_demos
+from torchrl_ript.data import ContextDataset, DemoFile, DemoWriter, demos_to_bc_dataset, read_demos
 from torchrl_ript.envs import (
     ContextToyVLAEnv,
     LiberoContextEnv,
     MetaWorldEnv,
     ensure_libero,
+    libero_contexts,
     context_reset_td,
     context_state_spec,
     metaworld_contexts,
@@ -14,7 +15,7 @@ from torchrl_ript.envs import (
 )
 from torchrl_ript.modules import (
     IndependentLaplace,
-    IndependentNormal,
+    IndependentGaussian,
     ScaleHead,
     TokenCategorical,
     chunk_nll,
@@ -23,7 +24,7 @@ from torchrl_ript.modules import (
     make_rollout_policy,
     make_token_actor,
 )
-from torchrl_ript.objectives import TrajectoryClipPPOLoss
+from torchrl_ript.objectives import RIPTClipPPOLoss
 from torchrl_ript.trainers import (
     RIPTTrainer,
     evaluate_success,
@@ -56,7 +57,7 @@ __all__ = [
     "context_state_spec",
     "read_context",
     "IndependentLaplace",
-    "IndependentNormal",
+    "IndependentGaussian",
     "ScaleHead",
     "TokenCategorical",
     "chunk_nll",
@@ -64,7 +65,7 @@ __all__ = [
     "make_continuous_actor",
     "make_rollout_policy",
     "make_token_actor",
-    "TrajectoryClipPPOLoss",
+    "RIPTClipPPOLoss",
     "RIPTTrainer",
     "evaluate_success",
     "make_optimizer",
@@ -74,3 +75,16 @@ __all__ = [
     "RLOOAdvantage",
     "ZeroAdvantageFilter",
 ]
+
+
+def __getattr__(name: str):
+    # deprecated aliases (they warn): IndependentNormal, TrajectoryClipPPOLoss
+    if name == "IndependentNormal":
+        from torchrl_ript.modules import distributions
+
+        return distributions.__getattr__(name)
+    if name == "TrajectoryClipPPOLoss":
+        from torchrl_ript.objectives import ppo
+
+        return ppo.__getattr__(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

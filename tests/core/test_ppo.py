@@ -3,7 +3,7 @@ import torch
 from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from torchrl_ript.objectives import TrajectoryClipPPOLoss
+from torchrl_ript.objectives import RIPTClipPPOLoss
 
 from core_helpers import laplace_actor, token_policy
 
@@ -42,7 +42,7 @@ def test_one_step_moves_log_prob_with_the_advantage_sign(kind, ratio):
         key = "action_tokens"
     batch = trajectories(actor, sampled_key=key)
     batch["advantage"] = torch.tensor([[1.0], [-1.0], [1.0], [-1.0]])
-    loss = TrajectoryClipPPOLoss(actor, clip_epsilon=0.2, ratio=ratio)
+    loss = RIPTClipPPOLoss(actor, clip_epsilon=0.2, ratio=ratio)
     loss.set_keys(action=key)
     before = trajectory_log_prob(actor, batch, key)
     optimizer = torch.optim.SGD(actor.parameters(), lr=0.05)
@@ -59,7 +59,7 @@ def test_stored_log_prob_matches_recomputation():
     batch = trajectories(actor)
     torch.testing.assert_close(trajectory_log_prob(actor, batch), batch["action_log_prob"])
     batch["advantage"] = torch.ones(4, 1)
-    out = TrajectoryClipPPOLoss(actor)(batch)
+    out = RIPTClipPPOLoss(actor)(batch)
     assert float(out["mean_ratio"]) == pytest.approx(1.0, abs=1e-5)
 
 
@@ -69,14 +69,14 @@ def test_clipping_stops_the_gradient_beyond_the_trust_region():
     batch["advantage"] = torch.ones(4, 1)
     # pretend the behaviour policy was far less likely: every ratio is >> 1 + eps
     batch["action_log_prob"] = batch["action_log_prob"] - 5.0
-    out = TrajectoryClipPPOLoss(actor, clip_epsilon=0.2)(batch)
+    out = RIPTClipPPOLoss(actor, clip_epsilon=0.2)(batch)
     out["loss_objective"].backward()
     assert float(out["clip_fraction"]) == 1.0
     assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in actor.parameters())
     # without clipping pressure the same batch does give a gradient
     actor.zero_grad()
     batch["action_log_prob"] = batch["action_log_prob"] + 5.0
-    TrajectoryClipPPOLoss(actor, clip_epsilon=0.2)(batch)["loss_objective"].backward()
+    RIPTClipPPOLoss(actor, clip_epsilon=0.2)(batch)["loss_objective"].backward()
     assert any(p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in actor.parameters())
 
 
@@ -85,15 +85,15 @@ def test_advantage_contract_is_n_by_1():
     batch = trajectories(actor)
     batch["advantage"] = torch.ones(4)  # missing the trailing dim
     with pytest.raises(ValueError, match="trailing"):
-        TrajectoryClipPPOLoss(actor)(batch)
+        RIPTClipPPOLoss(actor)(batch)
 
 
 def test_loss_options_are_checked():
     actor, _ = laplace_actor()
     with pytest.raises(ValueError, match="critic-free"):
-        TrajectoryClipPPOLoss(actor, critic_network=torch.nn.Linear(1, 1))
+        RIPTClipPPOLoss(actor, critic_network=torch.nn.Linear(1, 1))
     with pytest.raises(ValueError, match="ratio"):
-        TrajectoryClipPPOLoss(actor, ratio="token")
+        RIPTClipPPOLoss(actor, ratio="token")
 
 
 @pytest.mark.parametrize("ratio", ["trajectory", "step"])
@@ -109,7 +109,7 @@ def test_token_outside_the_current_top_k_is_counted_not_infinite(ratio):
     with torch.no_grad():
         logits = actor.module[0](first)["logits"]  # [1, 1, L, V]
     batch["steps", "action_tokens"][0, 0] = logits[0, 0].argmin(-1)
-    loss = TrajectoryClipPPOLoss(actor, ratio=ratio)
+    loss = RIPTClipPPOLoss(actor, ratio=ratio)
     loss.set_keys(action="action_tokens")
     out = loss(batch)
     assert torch.isfinite(out["kl_approx"]) and torch.isfinite(out["loss_objective"])

@@ -81,7 +81,7 @@ def test_regression_policy_updates_on_libero_observations(tmp_path):
     history = json.loads((tmp_path / "checkpoints" / "history.json").read_text())
     assert history["train"][0]["train/batch"] == 2
     from torchrl_ript.models.checkpoint import load_policy
-    from torchrl_ript.models.laplace_policy import RegressionPolicy
+    from torchrl_ript.models.regression_policy import RegressionPolicy
 
     policy = load_policy(tmp_path / "ript_policy.pt")
     assert isinstance(policy, RegressionPolicy)

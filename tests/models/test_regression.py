@@ -5,7 +5,7 @@ from torchrl.objectives import ClipPPOLoss
 
 from model_helpers import camera_keys, make_obs
 from torchrl_ript.models import RegressionPolicy, make_regression_actor, regression_config
-from torchrl_ript.modules import IndependentLaplace, IndependentNormal
+from torchrl_ript.modules import IndependentLaplace, IndependentGaussian
 
 
 def tiny_regression(cameras=1, **kw):
@@ -27,7 +27,7 @@ def test_actor_shapes(cameras, loss):
     assert out["action_log_prob"].shape == (5,)
     assert not torch.allclose(out["action"], out["loc"])
     dist = actor.get_dist(out.clone())
-    assert isinstance(dist, IndependentLaplace if loss == "l1" else IndependentNormal)
+    assert isinstance(dist, IndependentLaplace if loss == "l1" else IndependentGaussian)
     torch.testing.assert_close(dist.log_prob(out["action"]), out["action_log_prob"])
     with set_exploration_type(ExplorationType.DETERMINISTIC), torch.no_grad():
         det = actor(obs.clone())

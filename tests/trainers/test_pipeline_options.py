@@ -6,7 +6,7 @@ from torchrl.envs import SerialEnv
 
 from torchrl_ript import ContextDataset, ContextToyVLAEnv
 from torchrl_ript.models.checkpoint import load_policy, save_policy
-from torchrl_ript.models.laplace_policy import RegressionPolicy, regression_config
+from torchrl_ript.models.regression_policy import RegressionPolicy, regression_config
 from torchrl_ript.models.quest import QuestPolicy, quest_config
 from torchrl_ript.trainers import evaluate_modes, exploration_modes
 from torchrl_ript.trainers.pipeline import load_or_train_policy, set_sampling

@@ -7,7 +7,7 @@ import torch
 from torchrl.envs import SerialEnv
 
 from torchrl_ript import ContextDataset, ContextToyVLAEnv, GroupCollector
-from torchrl_ript.objectives import TrajectoryClipPPOLoss
+from torchrl_ript.objectives import RIPTClipPPOLoss
 from torchrl_ript.trainers import RIPTTrainer, evaluate_success, make_optimizer
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "core"))
@@ -33,7 +33,7 @@ def run(kind, steps, tmp_path=None, resume=False, lr=1e-2):
         SerialEnv(8, make_env), policy, context_dataset=train, group_size=8,
         trajs_per_batch=32, max_frames_per_traj=4, seed=0,
     ).set_keys(sampled_action=sampled)
-    loss = TrajectoryClipPPOLoss(actor, clip_epsilon=0.2)
+    loss = RIPTClipPPOLoss(actor, clip_epsilon=0.2)
     loss.set_keys(action=sampled)
     eval_env = SerialEnv(8, make_env)
     trainer = RIPTTrainer(

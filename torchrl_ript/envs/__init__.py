@@ -10,6 +10,7 @@ from torchrl_ript.envs.common import (
     read_context,
 )
 from torchrl_ript.envs.libero import LIBERO_MAX_STEPS, LIBERO_SUITES, LiberoContextEnv, pad_state
+from torchrl_ript.envs.libero_contexts import libero_contexts, libero_suite_tasks, write_libero_rollout_demos
 from torchrl_ript.envs.libero_setup import ensure_libero, libero_available
 from torchrl_ript.envs.metaworld import (
     METAWORLD_INSTRUCTIONS,
@@ -34,6 +35,9 @@ __all__ = [
     "LIBERO_SUITES",
     "LiberoContextEnv",
     "pad_state",
+    "libero_contexts",
+    "libero_suite_tasks",
+    "write_libero_rollout_demos",
     "ensure_libero",
     "libero_available",
     "METAWORLD_INSTRUCTIONS",

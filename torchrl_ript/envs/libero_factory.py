@@ -73,7 +73,7 @@ class LiberoMultiTaskEnv(EnvBase):
     Examples:
         >>> from torchrl_ript.envs.libero_factory import LiberoMultiTaskEnv
         >>> from torchrl_ript.envs import context_reset_td
-        >>> from torchrl_ript.data.libero_contexts import libero_contexts
+        >>> from torchrl_ript.envs.libero_contexts import libero_contexts
         >>> env = LiberoMultiTaskEnv("libero_spatial", [0, 1], action_chunk=4)  # doctest: +SKIP
         >>> ctx = libero_contexts("libero_spatial", task_ids=[1])  # doctest: +SKIP
         >>> td = env.reset(context_reset_td(ctx.states[:1], ctx.task_ids[:1])[0])  # doctest: +SKIP
@@ -202,7 +202,7 @@ def find_libero_demo_files(folder: str | os.PathLike, suite: str, task_ids: Sequ
     ``problem_info`` language instruction is the task's. Raises
     ``FileNotFoundError`` naming the tasks without a file.
     """
-    from torchrl_ript.data.libero_contexts import libero_suite_tasks
+    from torchrl_ript.envs.libero_contexts import libero_suite_tasks
 
     tasks = libero_suite_tasks(suite)
     roots = [Path(folder), Path(folder) / suite]
@@ -257,7 +257,7 @@ def write_random_libero_demos(
     actions (a policy cloned from them never succeeds). Files are named as
     the official datasets (``<task name>_demo.hdf5``); existing ones are kept.
     """
-    from torchrl_ript.data.libero_contexts import libero_suite_tasks, write_libero_rollout_demos
+    from torchrl_ript.envs.libero_contexts import libero_suite_tasks, write_libero_rollout_demos
     from torchrl_ript.envs.libero import LiberoContextEnv
 
     tasks = libero_suite_tasks(suite)

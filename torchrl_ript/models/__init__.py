@@ -9,7 +9,7 @@ from torchrl_ript.models.common import (
     count_parameters,
     instruction_strings,
 )
-from torchrl_ript.models.laplace_policy import (
+from torchrl_ript.models.regression_policy import (
     RegressionConfig,
     RegressionPolicy,
     make_regression_actor,

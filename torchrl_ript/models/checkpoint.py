@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchrl_ript.models.laplace_policy import RegressionConfig, RegressionPolicy
+from torchrl_ript.models.regression_policy import RegressionConfig, RegressionPolicy
 from torchrl_ript.models.quest import QuestConfig, QuestPolicy
 
 __all__ = ["save_policy", "load_policy", "POLICY_KINDS"]

@@ -6,7 +6,7 @@ from torchrl_ript.modules.actors import (
 )
 from torchrl_ript.modules.distributions import (
     IndependentLaplace,
-    IndependentNormal,
+    IndependentGaussian,
     TokenCategorical,
 )
 from torchrl_ript.modules.scale_head import ScaleHead, chunk_nll, fit_scale_head
@@ -16,9 +16,17 @@ __all__ = [
     "make_rollout_policy",
     "make_token_actor",
     "IndependentLaplace",
-    "IndependentNormal",
+    "IndependentGaussian",
     "TokenCategorical",
     "ScaleHead",
     "chunk_nll",
     "fit_scale_head",
 ]
+
+
+def __getattr__(name: str):
+    if name == "IndependentNormal":  # deprecated alias, warns
+        from torchrl_ript.modules import distributions
+
+        return distributions.__getattr__(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,13 +14,13 @@ from torchrl.modules import ProbabilisticActor
 
 from torchrl_ript.modules.distributions import (
     IndependentLaplace,
-    IndependentNormal,
+    IndependentGaussian,
     TokenCategorical,
 )
 
 __all__ = ["make_token_actor", "make_continuous_actor", "make_rollout_policy"]
 
-_CONTINUOUS = {"laplace": IndependentLaplace, "gaussian": IndependentNormal}
+_CONTINUOUS = {"laplace": IndependentLaplace, "gaussian": IndependentGaussian}
 
 
 def make_token_actor(

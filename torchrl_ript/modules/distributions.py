@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import distributions as D
 
-__all__ = ["TokenCategorical", "IndependentLaplace", "IndependentNormal"]
+__all__ = ["TokenCategorical", "IndependentLaplace", "IndependentGaussian"]
 
 
 class TokenCategorical(D.Independent):
@@ -132,13 +132,32 @@ class IndependentLaplace(_IndependentScaled):
     base_class = D.Laplace
 
 
-class IndependentNormal(_IndependentScaled):
+class IndependentGaussian(_IndependentScaled):
     """Factorised Gaussian over an action chunk (MSE-trained regression heads).
 
+    Named apart from :class:`torchrl.modules.IndependentNormal`, which has
+    another signature (``upscale``/``tanh_loc``, no scale multiplier).
+
     Examples:
-        >>> dist = IndependentNormal(torch.zeros(3, 7), torch.ones(3, 7), event_dims=1)
+        >>> dist = IndependentGaussian(torch.zeros(3, 7), torch.ones(3, 7), event_dims=1)
         >>> dist.log_prob(torch.zeros(3, 7)).shape
         torch.Size([3])
     """
 
     base_class = D.Normal
+
+
+def __getattr__(name: str):
+    # deprecated alias: the old name shadowed torchrl.modules.IndependentNormal
+    if name == "IndependentNormal":
+        import warnings
+
+        warnings.warn(
+            "torchrl_ript.modules.IndependentNormal is deprecated (it shadowed "
+            "torchrl.modules.IndependentNormal, which has another signature): use "
+            "IndependentGaussian.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return IndependentGaussian
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,12 +11,12 @@ from torchrl.objectives import ClipPPOLoss
 
 from torchrl_ript.data.instructions import instruction_strings
 
-__all__ = ["TrajectoryClipPPOLoss"]
+__all__ = ["RIPTClipPPOLoss"]
 
 _RATIOS = ("trajectory", "step")
 
 
-class TrajectoryClipPPOLoss(ClipPPOLoss):
+class RIPTClipPPOLoss(ClipPPOLoss):
     """Critic-free clipped PPO over whole trajectories, as RIPT-VLA uses it.
 
     TorchRL's :class:`~torchrl.objectives.ClipPPOLoss` scores one action per
@@ -64,7 +64,7 @@ class TrajectoryClipPPOLoss(ClipPPOLoss):
         ...     old = actor.get_dist(steps).log_prob(steps["action"]) * steps["mask"]
         >>> batch = TensorDict(steps=steps, action_log_prob=old.sum(-1),
         ...                    advantage=torch.tensor([[1.0], [-1.0]]), batch_size=[2])
-        >>> loss = TrajectoryClipPPOLoss(actor)
+        >>> loss = RIPTClipPPOLoss(actor)
         >>> out = loss(batch)
         >>> out["loss_objective"].requires_grad, float(out["mean_ratio"])
         (True, 1.0)
@@ -72,7 +72,7 @@ class TrajectoryClipPPOLoss(ClipPPOLoss):
 
     @dataclass
     class _AcceptedKeys(ClipPPOLoss._AcceptedKeys):
-        """Keys of :class:`TrajectoryClipPPOLoss` (``ClipPPOLoss``'s plus these).
+        """Keys of :class:`RIPTClipPPOLoss` (``ClipPPOLoss``'s plus these).
 
         Attributes:
             steps: the per-decision sub-tensordict ``[N, T]``.
@@ -145,7 +145,7 @@ class TrajectoryClipPPOLoss(ClipPPOLoss):
         steps = tensordict.get(keys.steps, None)
         if steps is None:
             raise KeyError(
-                f"no {keys.steps!r} sub-tensordict: TrajectoryClipPPOLoss expects "
+                f"no {keys.steps!r} sub-tensordict: RIPTClipPPOLoss expects "
                 "trajectory rows from GroupCollector (set_keys(steps=...) otherwise)."
             )
         mask = steps.get(keys.mask).to(torch.bool)
@@ -172,3 +172,18 @@ class TrajectoryClipPPOLoss(ClipPPOLoss):
             log_prob = step_log_prob.new_zeros(mask.shape)
             log_prob = log_prob.index_put((rows, cols), step_log_prob)
         return log_prob, dist, False
+
+
+def __getattr__(name: str):
+    # deprecated alias: the loss also does per-decision ratios (ratio="step")
+    if name == "TrajectoryClipPPOLoss":
+        import warnings
+
+        warnings.warn(
+            "TrajectoryClipPPOLoss is deprecated (it also computes per-decision "
+            "ratios): use RIPTClipPPOLoss.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return RIPTClipPPOLoss
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,7 +17,7 @@ from torchrl.record.loggers import Logger, get_logger
 from torchrl_ript.collectors.group import GroupCollector
 from torchrl_ript.config import RIPTConfig, validate_ript_config
 from torchrl_ript.data.context import ContextDataset
-from torchrl_ript.objectives.ppo import TrajectoryClipPPOLoss
+from torchrl_ript.objectives.ppo import RIPTClipPPOLoss
 from torchrl_ript.trainers.evaluate import evaluate_success
 from torchrl_ript.trainers.optim import make_optimizer, make_scheduler
 from torchrl_ript.trainers.ript import RIPTTrainer
@@ -74,7 +74,7 @@ def make_ript_trainer(
         dynamic_sampling=config.dynamic_sampling,
         seed=config.seed,
     ).set_keys(sampled_action=sampled_action_key)
-    loss = TrajectoryClipPPOLoss(actor, clip_epsilon=config.clip_epsilon, ratio=config.ratio)
+    loss = RIPTClipPPOLoss(actor, clip_epsilon=config.clip_epsilon, ratio=config.ratio)
     loss.set_keys(action=sampled_action_key)
     optimizer = make_optimizer(actor, lr=config.lr, param_lrs=config.param_lrs)
     scheduler = make_scheduler(

@@ -21,7 +21,7 @@ from torchrl_ript.config import RIPTConfig
 from torchrl_ript.data.demos import DemoFile
 from torchrl_ript.models.checkpoint import load_policy, save_policy
 from torchrl_ript.models.common import EncoderConfig
-from torchrl_ript.models.laplace_policy import RegressionPolicy, make_regression_actor, regression_config
+from torchrl_ript.models.regression_policy import RegressionPolicy, make_regression_actor, regression_config
 from torchrl_ript.models.quest import QuestDecoder, QuestPolicy, make_quest_actor, quest_config
 from torchrl_ript.modules.actors import make_rollout_policy
 from torchrl_ript.trainers import sft

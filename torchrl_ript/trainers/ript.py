@@ -16,7 +16,7 @@ from torchrl.record.loggers import Logger
 from tqdm.auto import tqdm
 
 from torchrl_ript.collectors.group import GroupCollector
-from torchrl_ript.objectives.ppo import TrajectoryClipPPOLoss
+from torchrl_ript.objectives.ppo import RIPTClipPPOLoss
 
 __all__ = ["RIPTTrainer"]
 
@@ -34,7 +34,7 @@ class RIPTTrainer:
     Keyword Args:
         collector: a :class:`~torchrl_ript.collectors.GroupCollector` (or any
             TorchRL collector yielding trajectory rows with advantages).
-        loss: a :class:`~torchrl_ript.objectives.TrajectoryClipPPOLoss`.
+        loss: a :class:`~torchrl_ript.objectives.RIPTClipPPOLoss`.
         optimizer: over the actor's trainable parameters.
         num_steps (int): M, RIPT steps.
         ppo_epochs (int): N, passes over each batch.
@@ -59,7 +59,7 @@ class RIPTTrainer:
         self,
         *,
         collector: GroupCollector,
-        loss: TrajectoryClipPPOLoss,
+        loss: RIPTClipPPOLoss,
         optimizer: torch.optim.Optimizer,
         num_steps: int,
         ppo_epochs: int,

@@ -30,7 +30,7 @@ from tensordict.utils import NestedKey
 from torch import nn
 from tqdm.auto import tqdm
 
-from torchrl_ript.models.laplace_policy import RegressionPolicy, make_regression_actor
+from torchrl_ript.models.regression_policy import RegressionPolicy, make_regression_actor
 from torchrl_ript.models.quest import QuestPolicy
 from torchrl_ript.modules.scale_head import fit_scale_head
 

@@ -69,7 +69,7 @@ def libero_contexts(
             ``noise_std``, ``seed``).
 
     Examples:
-        >>> from torchrl_ript.data.libero_contexts import libero_contexts
+        >>> from torchrl_ript.envs.libero_contexts import libero_contexts
         >>> ds = libero_contexts("libero_spatial", task_ids=[0, 3])  # doctest: +SKIP
         >>> len(ds), ds.state_dim, ds.task_ids.unique().tolist()  # doctest: +SKIP
         (100, 128, [0, 3])
