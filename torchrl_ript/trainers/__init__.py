@@ -8,6 +8,7 @@ from torchrl_ript.trainers.evaluate import (
 )
 from torchrl_ript.trainers.optim import make_optimizer, make_param_groups, make_scheduler
 from torchrl_ript.trainers.ript import RIPTTrainer
+from torchrl_ript.trainers.stats import paired_success_test
 
 __all__ = [
     "EXPLORATION_MODES",
@@ -19,4 +20,5 @@ __all__ = [
     "make_param_groups",
     "make_scheduler",
     "RIPTTrainer",
+    "paired_success_test",
 ]

@@ -36,9 +36,11 @@ def evaluate_success(
     """Roll out each context of ``contexts`` once and report success rates.
 
     Deterministic actions by default (the mode/mean of the policy, as the
-    paper evaluates). Returns ``{"success_rate", "per_task", "num_rollouts",
-    "env_steps", "videos"}`` where ``per_task`` maps task names to success
-    rates and ``videos`` holds up to ``record_videos`` ``[T, H, W, 3]`` uint8
+    paper evaluates). Returns ``{"success_rate", "per_task", "outcomes",
+    "num_rollouts", "env_steps", "videos"}`` where ``per_task`` maps task
+    names to success rates, ``outcomes`` lists each context's success in
+    context order (for paired tests, see
+    :func:`~torchrl_ript.trainers.stats.paired_success_test`) and ``videos`` holds up to ``record_videos`` ``[T, H, W, 3]`` uint8
     frame arrays (one frame per decision, from ``frame_key``).
 
     Examples:
@@ -81,12 +83,14 @@ def evaluate_success(
     with torch.no_grad(), set_exploration_type(exploration_type):
         engine.run(next_rollout, on_finish)
     bar.close()
+    finished.sort(key=lambda rollout: rollout.context_id)
     per_task: dict[str, list[bool]] = {}
     for rollout in finished:
         per_task.setdefault(contexts.task_names[rollout.task_id], []).append(rollout.success)
     return {
         "success_rate": float(np.mean([r.success for r in finished])),
         "per_task": {name: float(np.mean(s)) for name, s in per_task.items()},
+        "outcomes": [bool(r.success) for r in finished],
         "num_rollouts": len(finished),
         "env_steps": engine.times.env_steps,
         "videos": [np.stack(videos[i]) for i in sorted(videos)],
@@ -119,7 +123,8 @@ def evaluate_modes(
 
     The first mode is the headline: its ``success_rate``, ``per_task`` and
     ``videos`` are returned at the top level; ``by_mode`` maps every mode to
-    ``{"sr", "per_task"}``.
+    ``{"sr", "per_task", "outcomes", "n"}`` (``outcomes``: per-context
+    successes in context order, for paired tests).
 
     Examples:
         >>> import torch
@@ -140,7 +145,8 @@ def evaluate_modes(
             env, policy, contexts, horizon=horizon, exploration_type=EXPLORATION_MODES[mode],
             record_videos=record_videos if headline is None else 0, frame_key=frame_key, progress=progress,
         )
-        by_mode[mode] = {"sr": result["success_rate"], "per_task": result["per_task"]}
+        by_mode[mode] = {"sr": result["success_rate"], "per_task": result["per_task"],
+                         "outcomes": result["outcomes"], "n": result["num_rollouts"]}
         headline = headline or result
     return {**headline, "by_mode": by_mode}
 
