@@ -50,6 +50,14 @@ class RIPTTrainer:
         modules (dict, optional): extra modules to checkpoint (the actor is
             reached through the loss).
         progress (bool): tqdm bar. Defaults to True.
+        distributed (DistributedContext, optional): this rank of a
+            ``torchrun`` job (:func:`~torchrl_ript.trainers.ddp.init_distributed`).
+            The collector yields this rank's share of each batch (see
+            :class:`~torchrl_ript.trainers.ddp.RankCollector`); each gradient
+            step uses ``minibatch_size / world_size`` rows per rank and
+            gradients averaged over ranks; rank 0 evaluates, logs and writes
+            checkpoints; :meth:`save` and :meth:`resume` must be called on
+            every rank.
 
     Examples:
         >>> # see tests/trainers/test_ript_learning.py and README's tour
@@ -74,6 +82,7 @@ class RIPTTrainer:
         modules: dict[str, nn.Module] | None = None,
         progress: bool = True,
         seed: int | None = None,
+        distributed=None,
     ) -> None:
         for name, value in (("num_steps", num_steps), ("ppo_epochs", ppo_epochs),
                             ("minibatch_size", minibatch_size), ("eval_every", eval_every),
@@ -94,7 +103,14 @@ class RIPTTrainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.checkpoint_every = int(checkpoint_every)
         self.modules = dict(modules or {})
-        self.progress = progress
+        self.distributed = distributed
+        self.is_main = distributed is None or distributed.is_main
+        if distributed is not None and self.minibatch_size % distributed.world_size:
+            raise ValueError(
+                f"minibatch_size={minibatch_size} (rows per gradient step over all ranks) must "
+                f"be a multiple of the {distributed.world_size} ranks."
+            )
+        self.progress = progress and self.is_main
         self.step = 0
         self.env_steps = 0
         self.history: list[dict] = []
@@ -106,6 +122,8 @@ class RIPTTrainer:
     # -- loop -----------------------------------------------------------------
     def train(self) -> list[dict]:
         """Run the remaining steps; returns one record per step."""
+        if self.distributed is not None:  # every rank starts from rank 0's weights
+            self.distributed.broadcast_module(self.loss.actor_network)
         if self.evaluate_fn is not None and not self.eval_history:
             self._evaluate()
         iterator = iter(self.collector)
@@ -148,6 +166,10 @@ class RIPTTrainer:
 
     def _optimise(self, batch: TensorDictBase) -> dict:
         n = batch.shape[0] if batch.batch_dims else 0
+        if self.distributed is not None:
+            from torchrl_ript.trainers.ddp import optimise_distributed
+
+            return optimise_distributed(self, batch)
         if n == 0:
             stats = getattr(self.collector, "last_stats", None)
             detail = (
@@ -194,6 +216,8 @@ class RIPTTrainer:
         return record
 
     def _evaluate(self) -> dict:
+        if not self.is_main:  # rank 0 evaluates; the others wait at the next collective
+            return {}
         result = self.evaluate_fn()
         scalars = {"success_rate": float(result["success_rate"]), "step": self.step}
         for task, rate in result.get("per_task", {}).items():
@@ -214,7 +238,7 @@ class RIPTTrainer:
             self.collector.update_policy_weights_()
 
     def _log(self, record: dict) -> None:
-        if self.logger is None:
+        if self.logger is None or not self.is_main:
             return
         for key, value in record.items():
             if isinstance(value, (int, float, bool)) and key != "step" and math.isfinite(float(value)):
@@ -242,6 +266,10 @@ class RIPTTrainer:
         if generator is not None:
             state["rng"]["collector"] = generator.get_state()
             state["collector_next_group"] = self.collector._next_group
+        elif hasattr(self.collector, "context_state_dict"):  # Ray workers, DDP ranks
+            state["collector_state"] = self.collector.context_state_dict()
+        if self.distributed is not None:  # collective: each rank's own RNG streams
+            state["rng_per_rank"] = self.distributed.all_gather_object(state["rng"])
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -256,19 +284,27 @@ class RIPTTrainer:
         self.history = list(state["history"])
         self.eval_history = list(state["eval_history"])
         rng = state["rng"]
+        per_rank = state.get("rng_per_rank")
+        if self.distributed is not None and per_rank and len(per_rank) == self.distributed.world_size:
+            rng = per_rank[self.distributed.rank]
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
         self._shuffle.set_state(rng["shuffle"])
-        if "collector" in rng:
+        if "collector" in rng and hasattr(self.collector, "_generator"):
             self.collector._generator.set_state(rng["collector"])
             self.collector._next_group = state["collector_next_group"]
+        if "collector_state" in state and hasattr(self.collector, "load_context_state_dict"):
+            self.collector.load_context_state_dict(state["collector_state"])
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
+        state = self.state_dict()
+        if not self.is_main:  # under DDP rank 0 writes (state_dict() gathered every rank's part)
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        torch.save(self.state_dict(), tmp)
+        torch.save(state, tmp)
         tmp.replace(path)  # never leave a half-written checkpoint
         (path.parent / "history.json").write_text(
             json.dumps({"train": self.history, "eval": self.eval_history}, indent=1, default=float)
@@ -276,8 +312,19 @@ class RIPTTrainer:
         return path
 
     def resume(self, path: str | Path) -> bool:
-        """Load ``path`` if it exists; returns whether it did."""
+        """Load ``path`` if it exists; returns whether it did.
+
+        Under DDP, rank 0 reads the file and sends it to the other ranks (no
+        shared disk needed).
+        """
         path = Path(path)
+        if self.distributed is not None:
+            state = torch.load(path, weights_only=False) if self.is_main and path.exists() else None
+            state = self.distributed.broadcast_object(state)
+            if state is None:
+                return False
+            self.load_state_dict(state)
+            return True
         if not path.exists():
             return False
         self.load_state_dict(torch.load(path, weights_only=False))
