@@ -149,6 +149,10 @@ class RemoteGroupCollector(GroupCollector):
     def get_policy_version(self) -> int:
         return self._policy_version
 
+    def policy_state_dict(self) -> dict:
+        """The weights this worker acts with (a copy, e.g. to check a weight update)."""
+        return {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+
     def apply_keys(self, **kwargs) -> None:
         """:meth:`set_keys` for a remote call (returns nothing to send back)."""
         self.set_keys(**kwargs)
@@ -173,6 +177,13 @@ class RemoteGroupCollector(GroupCollector):
     def load_context_state(self, state: dict) -> None:
         self._generator.set_state(state["generator"])
         self._next_group = int(state["next_group"])
+
+    def __bool__(self) -> bool:
+        # Ray tests the actor's truth when it stores a task's exception; a
+        # BaseCollector's __len__ raises for endless collectors (or before
+        # __init__ finished), which would turn any worker error into an
+        # "actor died unexpectedly" without the cause
+        return True
 
     def __repr__(self) -> str:  # Ray prefixes worker log lines with this
         return f"{type(self).__name__}(stream={getattr(self, 'stream_index', '?')})"
@@ -358,7 +369,11 @@ class RayGroupCollector(BaseCollector):
         self._context_states: list | None = None
         self._ray = None
         self._workers: list = []
-        self._start_pool()
+        try:
+            self._start_pool()
+        except BaseException:  # e.g. the env cannot be built on a worker: leave nothing running
+            self.shutdown()
+            raise
 
     # -- the pool of workers (a TorchRL RayCollector) --------------------------
     def _start_pool(self) -> None:
