@@ -41,13 +41,13 @@ def main(cfg: DictConfig) -> None:
         sampled = "action_tokens"
     else:
         raise ValueError(f"policy.kind must be 'laplace' or 'tokens', got {cfg.policy.kind!r}.")
-    # collector.backend=local|ray, and under torchrun each rank's share of the batch
-    collector = make_collector(config, OmegaConf.to_container(cfg.collector, resolve=True), env_fn=env_fn,
-                               policy=policy, train_contexts=train, sampled_action_key=sampled,
-                               parallel=cfg.env.parallel, distributed=distributed)
+    # collector.backend=ray, or under torchrun each rank's share of the batch (None: the default)
+    collector = make_collector(config, cfg.collector, env_fn=env_fn, policy=policy, train_contexts=train,
+                               sampled_action_key=sampled, parallel=cfg.env.parallel, distributed=distributed)
     trainer = make_ript_trainer(
         config,
-        env=None, collector=collector, distributed=distributed,
+        env=make_batched_env(env_fn, config.num_envs, parallel=cfg.env.parallel) if collector is None else None,
+        collector=collector, distributed=distributed,
         eval_env=make_batched_env(env_fn, config.num_envs, parallel=cfg.env.parallel) if is_main else None,
         actor=actor, policy=policy, sampled_action_key=sampled,
         train_contexts=train, eval_contexts=held_out,

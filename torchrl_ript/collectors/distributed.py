@@ -113,7 +113,7 @@ class RemoteGroupCollector(GroupCollector):
         ...     SerialEnv(4, ContextToyVLAEnv), actor, context_dataset=contexts, group_size=4,
         ...     trajs_per_batch=4, max_frames_per_traj=3, seed=0, stream_index=3,
         ...     dynamic_sampling=False)
-        >>> worker.set_policy_version(7)
+        >>> _ = worker.set_policy_version(7)
         >>> rows, stats, version = worker.collect()
         >>> rows["policy_version"].tolist(), int(rows["group_id"][0]) >> 40, version
         ([7, 7, 7, 7], 3, 7)

@@ -313,7 +313,10 @@ class RankCollector(BaseCollector):
         source = iter(self.collector) if self.collector is not None else None
         ctx = self.distributed
         while True:
-            batch = next(source) if source is not None else None
+            try:
+                batch = next(source) if source is not None else None
+            except StopIteration:  # a finite collector (total_frames) is done
+                return
             stats = getattr(self.collector, "last_stats", None) if self.collector is not None else None
             if self.mode == "per_rank":
                 self.last_stats = merge_collection_stats(ctx.all_gather_object(stats))
@@ -365,7 +368,7 @@ class RankCollector(BaseCollector):
         _load_collector_context_state(self.collector, states[index])
 
     def shutdown(self, *args, **kwargs) -> None:
-        if self.collector is not None:
+        if self.collector is not None and hasattr(self.collector, "shutdown"):
             self.collector.shutdown()
 
     def set_seed(self, seed: int, static_seed: bool = False) -> int:
@@ -430,17 +433,21 @@ def make_collector(
     parallel: bool = True,
     distributed: DistributedContext | None = None,
 ):
-    """The collector an example's ``collector:`` section asks for.
+    """The collector an example's ``collector:`` section asks for, or ``None``.
 
-    ``options`` (see :data:`COLLECTOR_DEFAULTS`): ``backend="local"`` builds
-    a :class:`~torchrl_ript.collectors.GroupCollector` over
-    ``config.num_envs`` copies of ``env_fn`` (``ParallelEnv`` when
-    ``parallel``); ``backend="ray"`` a
+    ``None`` means "the default": ``backend="local"`` in one process, where
+    :func:`~torchrl_ript.trainers.factory.make_ript_trainer` builds its
+    :class:`~torchrl_ript.collectors.GroupCollector` over the example's env
+    pool as before. ``backend="ray"`` gives a
     :class:`~torchrl_ript.collectors.RayGroupCollector` with ``num_workers``
-    remote GroupCollectors. Under ``torchrun`` (``distributed`` given) the
-    result is wrapped in a :class:`RankCollector`: with ``ddp_collect="per_rank"``
-    each rank collects ``B / G`` rollouts with its own seed (``config.num_envs``
-    env slots per rank), with ``"rank0"`` rank 0 collects all B and scatters.
+    remote GroupCollectors, each over ``envs_per_worker`` (default K) copies
+    of ``env_fn`` (a ``SerialEnv``: one worker, one core; a ``ParallelEnv``
+    when ``parallel`` and ``cpus_per_worker > 1``). Under ``torchrun``
+    (``distributed`` given) the collector is wrapped in a
+    :class:`RankCollector`: with ``ddp_collect="per_rank"`` each rank collects
+    ``B / G`` rollouts with its own seed (``config.num_envs`` env slots per
+    rank), with ``"rank0"`` rank 0 collects all B and scatters. See
+    :data:`COLLECTOR_DEFAULTS` for the options.
 
     Examples:
         >>> from torchrl_ript import ContextDataset, ContextToyVLAEnv
@@ -450,10 +457,18 @@ def make_collector(
         >>> contexts = ContextDataset(torch.rand(8, 2) - 0.5, [0] * 8, ["track"], seed=0)
         >>> config = RIPTConfig(group_size=4, batch_size=8, minibatch_size=4, num_envs=4,
         ...                     max_decisions=3)
+        >>> make_collector(config, {"backend": "local"}, env_fn=ContextToyVLAEnv, policy=actor,
+        ...                train_contexts=contexts) is None  # the default collector
+        True
+        >>> ctx = DistributedContext(rank=0, world_size=1)  # a 1-rank "torchrun" job
         >>> collector = make_collector(config, {"backend": "local"}, env_fn=ContextToyVLAEnv,
-        ...                            policy=actor, train_contexts=contexts, parallel=False)
-        >>> type(collector).__name__, collector.batch_trajs
+        ...                            policy=actor, train_contexts=contexts, parallel=False,
+        ...                            distributed=ctx)
+        >>> type(collector.collector).__name__, collector.collector.batch_trajs
         ('GroupCollector', 8)
+        >>> batch = next(iter(collector))
+        >>> batch.shape, collector.last_stats.rollouts_kept
+        (torch.Size([8]), 8)
         >>> collector.shutdown()
     """
     from torchrl_ript.collectors.group import GroupCollector
@@ -463,7 +478,7 @@ def make_collector(
     unknown = set(options or {}) - set(opts)
     if unknown:
         raise KeyError(f"unknown collector options {sorted(unknown)}; valid: {sorted(opts)}.")
-    opts.update({k: v for k, v in (options or {}).items()})
+    opts.update(dict((options or {}).items()))
     backend = opts["backend"]
     if backend not in ("local", "ray"):
         raise ValueError(f"collector.backend must be 'local' or 'ray', got {backend!r}.")
@@ -484,6 +499,8 @@ def make_collector(
             f"ript.minibatch_size={config.minibatch_size} (rows per gradient step, all ranks "
             f"together) must be a multiple of the {world} ranks."
         )
+    if backend == "local" and distributed is None:
+        return None
     batch = B // world if per_rank else B
     seed = config.seed
     collector = None
@@ -509,8 +526,9 @@ def make_collector(
 
         envs = opts["envs_per_worker"] or K
         workers = int(opts["num_workers"])
+        cpus = opts["cpus_per_worker"]
         collector = RayGroupCollector(
-            partial(make_batched_env, env_fn, envs, parallel=parallel and envs > 1),
+            partial(make_batched_env, env_fn, envs, parallel=parallel and envs > 1 and cpus > 1),
             policy,
             context_dataset=train_contexts,
             group_size=K,
@@ -522,7 +540,7 @@ def make_collector(
             # each rank's workers draw their own streams
             seed=None if seed is None else seed + rank * workers,
             ray_address=opts["ray_address"],
-            num_cpus_per_worker=opts["cpus_per_worker"],
+            num_cpus_per_worker=cpus,
             num_gpus_per_worker=opts["gpus_per_worker"] or None,
             max_policy_lag=int(opts["max_policy_lag"]),
             stream_offset=rank * 1024,
