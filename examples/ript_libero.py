@@ -87,6 +87,8 @@ def main(cfg: DictConfig) -> None:
     start = time.perf_counter()
     distributed = init_distributed()  # None unless started by torchrun
     out = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
+    if distributed is not None and not distributed.is_main:  # its own demos/SFT files; rank 0 checkpoints
+        out = out / f"rank{distributed.rank}"
     set_num_threads(cfg.threads)
     modes = exploration_modes(cfg.eval.exploration)  # a bad name fails before any work
     torch.manual_seed(cfg.ript.seed)

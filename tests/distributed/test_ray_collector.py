@@ -177,3 +177,21 @@ def test_bad_arguments_fail_before_ray_starts(kwargs, match):
     with pytest.raises(ValueError, match=match):
         RayGroupCollector(toy_env, actor, **options)
     assert ray.is_initialized() == was_up
+
+
+def test_worker_report_without_informative_group_is_empty():
+    # a policy that always fails: the worker's report is empty, not a malformed batch
+    from torchrl_ript.collectors import RemoteGroupCollector
+    from torchrl_ript.collectors.distributed import _split_groups
+
+    actor, _ = toy_laplace_actor(init_scale=1e-4)
+    far = ContextDataset(torch.rand(8, 2) + 5.0, [0] * 8, ["track"], seed=0)
+    worker = RemoteGroupCollector(toy_env(), actor, context_dataset=far, group_size=K,
+                                  trajs_per_batch=K, max_frames_per_traj=T, seed=0, stream_index=1)
+    try:
+        rows, stats, version = worker.collect()
+    finally:
+        worker.shutdown()
+    assert rows.batch_size == (0,) and "policy_version" not in rows.keys()
+    assert _split_groups(rows, K) == []
+    assert stats["hit_draw_limit"] and stats["groups_all_failure"] == stats["contexts_drawn"] == 10

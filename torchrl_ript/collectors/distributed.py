@@ -159,7 +159,7 @@ class RemoteGroupCollector(GroupCollector):
 
     def rollout(self) -> TensorDictBase | None:
         batch = super().rollout()
-        if batch is not None and batch.numel() and "policy_version" not in batch.keys():
+        if batch is not None and _rows(batch) and "policy_version" not in batch.keys():
             batch.set("policy_version", torch.full(batch.shape, self._policy_version, dtype=torch.int64))
         return batch
 
@@ -510,7 +510,7 @@ class RayGroupCollector(BaseCollector):
     def iterator(self):
         while self.total_frames < 0 or self.collected_frames < self.total_frames:
             batch = self._collect_batch()
-            self.collected_frames += batch.numel()
+            self.collected_frames += _rows(batch)
             yield batch
 
     def _collect_batch(self) -> TensorDictBase:
@@ -647,7 +647,7 @@ class RayGroupCollector(BaseCollector):
                 rows, _, version = ray.get(ref)
             except ray.exceptions.RayActorError:
                 continue  # reported at the next collection, when the worker is used
-            if self.max_policy_lag > 0 and rows is not None and rows.numel():
+            if self.max_policy_lag > 0 and _rows(rows):
                 self._waiting.extend((g, int(version)) for g in _split_groups(rows, self.group_size))
 
     # -- BaseCollector interface ------------------------------------------------------
@@ -678,7 +678,7 @@ class RayGroupCollector(BaseCollector):
 
 def _split_groups(rows: TensorDictBase | None, group_size: int) -> list[TensorDictBase]:
     """Complete groups of a worker report (rows of a group are contiguous)."""
-    if rows is None or not rows.numel():
+    if not _rows(rows):
         return []
     ids = rows["group_id"]
     out = []
@@ -690,6 +690,11 @@ def _split_groups(rows: TensorDictBase | None, group_size: int) -> list[TensorDi
             )
         out.append(group)
     return out
+
+
+def _rows(batch: TensorDictBase | None) -> int:
+    # (TensorDict.numel() is 1, not 0, for batch_size [0])
+    return 0 if batch is None or not batch.batch_dims else batch.shape[0]
 
 
 def _import_ray():
