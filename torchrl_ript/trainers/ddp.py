@@ -537,13 +537,12 @@ def make_collector(
             max_context_draws=config.max_context_draws,
             dynamic_sampling=config.dynamic_sampling,
             num_workers=workers,
-            # each rank's workers draw their own streams
-            seed=None if seed is None else seed + rank * workers,
+            seed=seed,
             ray_address=opts["ray_address"],
             num_cpus_per_worker=cpus,
             num_gpus_per_worker=opts["gpus_per_worker"] or None,
             max_policy_lag=int(opts["max_policy_lag"]),
-            stream_offset=rank * 1024,
+            stream_offset=rank * 1024,  # per_rank: each rank's workers own their streams and ids
         ).set_keys(sampled_action=sampled_action_key)
     if distributed is None:
         return collector
