@@ -116,6 +116,15 @@ def test_exact_batches_unique_ids_and_weight_sync(ray_cluster):
                 for key, value in local.items():
                     torch.testing.assert_close(state[key], value)
         assert workers == {0, 1}  # both workers contributed
+        # checkpoint round trip of the workers' context streams and the version
+        state = collector.context_state_dict()
+        assert state["policy_version"] == 3 and len(state["workers"]) == 2
+        next(iterator)
+        collector.load_context_state_dict(state)
+        again = collector.context_state_dict()
+        for saved, restored in zip(state["workers"], again["workers"]):
+            assert torch.equal(saved["generator"], restored["generator"])
+            assert saved["next_group"] == restored["next_group"]
     finally:
         collector.shutdown()
     assert ray.is_initialized()  # the test's cluster is not the collector's to stop
