@@ -91,8 +91,11 @@ class DistributedContext:
         if weight != 1.0:
             flat.mul_(weight)
         if self.world_size > 1:
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            flat.div_(self.world_size)
+            # NCCL reduces CUDA tensors only (a CPU-resident model under NCCL goes via the GPU)
+            moved = flat.to(self.device) if self.backend == "nccl" and flat.device.type != "cuda" else flat
+            dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+            moved.div_(self.world_size)
+            flat = moved.to(flat.device) if moved is not flat else flat
         offset = 0
         for p in params:
             n = p.numel()
