@@ -136,8 +136,6 @@ def run_inproc(args, pool, n_envs: int) -> dict:
 
 
 def run_ray(args, workers: int, *, lag: int = 0) -> dict:
-    import ray
-
     from torchrl_ript.collectors import RayGroupCollector
 
     env_fn, policy, contexts, horizon = workload(args)
@@ -161,7 +159,6 @@ def run_ray(args, workers: int, *, lag: int = 0) -> dict:
         out["policy_params"] = sum(p.numel() for p in policy.parameters())
     finally:
         collector.shutdown()
-    del ray
     return out
 
 

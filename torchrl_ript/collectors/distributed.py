@@ -427,7 +427,6 @@ class RayGroupCollector(BaseCollector):
         self._published = True
 
     def _restart_pool(self, reason: str, stats: RayCollectionStats) -> None:
-        ray = _import_ray()
         lost = len(self._pending)
         self._restarts += 1
         stats.workers_replaced += 1
@@ -450,7 +449,6 @@ class RayGroupCollector(BaseCollector):
         self._kill_pool()
         self._generation += 1
         self._start_pool()
-        del ray
 
     def _kill_pool(self) -> None:
         if self._ray is None:
