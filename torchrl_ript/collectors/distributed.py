@@ -572,7 +572,11 @@ class RayGroupCollector(BaseCollector):
             worker_stats.append(_stats_from_dict(worker_stat))
             drawn += int(worker_stat.get("contexts_drawn", 0))
             for group in _split_groups(rows, K):
-                groups.append((group, int(version)))
+                if self.policy_version - int(version) > self.max_policy_lag:
+                    stats.groups_stale += 1  # collected before more than max_policy_lag updates
+                    stats.rollouts_discarded += group.shape[0]
+                else:
+                    groups.append((group, int(version)))
         # surplus: only possible with several groups per report, or lag >= 1
         if len(groups) > need:
             extra = groups[need:]
