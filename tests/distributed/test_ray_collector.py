@@ -169,6 +169,33 @@ def test_killed_worker_is_reported(ray_cluster, tmp_path):
         collector.shutdown()
 
 
+@pytest.mark.slow  # ~25 s on 2 busy cores
+@pytest.mark.timeout(240)
+def test_policy_lag_one_keeps_workers_busy(ray_cluster):
+    torch.manual_seed(0)
+    actor, _ = toy_laplace_actor()
+    collector = RayGroupCollector(toy_env, actor, context_dataset=contexts(), group_size=K,
+                                  trajs_per_batch=B, max_frames_per_traj=T, num_workers=2, seed=0,
+                                  max_policy_lag=1, worker_timeout_s=120)
+    try:
+        seen, lags = set(), []
+        iterator = iter(collector)
+        for step in range(4):
+            batch = next(iterator)
+            assert batch.shape == (B,)
+            lag = collector.policy_version - batch["policy_version"]
+            assert ((lag >= 0) & (lag <= 1)).all()
+            lags.append(int(lag.max()))
+            ids = set(batch["group_id"].tolist())
+            assert not ids & seen
+            seen |= ids
+            assert len(collector._pending) > 0  # the workers keep collecting through the update
+            collector.update_policy_weights_()
+        assert max(lags) == 1  # groups collected before an update were used after it
+    finally:
+        collector.shutdown()
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
