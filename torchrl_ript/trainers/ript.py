@@ -18,7 +18,15 @@ from tqdm.auto import tqdm
 from torchrl_ript.collectors.group import GroupCollector
 from torchrl_ript.objectives.ppo import RIPTClipPPOLoss
 
-__all__ = ["RIPTTrainer"]
+__all__ = ["RIPTTrainer", "CheckpointError"]
+
+_CHECKPOINT_FORMAT = "torchrl_ript.RIPTTrainer/1"
+# settings a resumed run may change (the rest must match the checkpoint)
+_RESUMABLE_CHANGES = {"num_steps", "eval_every", "num_envs"}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed: unreadable, or for another model or config."""
 
 
 class RIPTTrainer:
@@ -50,10 +58,15 @@ class RIPTTrainer:
         modules (dict, optional): extra modules to checkpoint (the actor is
             reached through the loss).
         progress (bool): tqdm bar. Defaults to True.
+        seed (int, optional): seed of the minibatch shuffling.
+        config (dict, optional): the run's settings (e.g.
+            ``RIPTConfig.as_dict()``), stored in checkpoints; :meth:`resume`
+            refuses a checkpoint written with other values (except
+            ``num_steps``, ``eval_every``, ``num_envs``).
 
     Examples:
         >>> import torch
-        >>> from torchrl.envs import SerialEnv
+        >>> from torchrl.envs import AsyncEnvPool, SerialEnv
         >>> from torchrl_ript import ContextDataset, ContextToyVLAEnv, GroupCollector, RIPTClipPPOLoss
         >>> from torchrl_ript.modules.toy_policies import toy_laplace_actor
         >>> from torchrl_ript.trainers import RIPTTrainer, evaluate_success, make_optimizer
@@ -65,7 +78,7 @@ class RIPTTrainer:
         >>> actor, _ = toy_laplace_actor()
         >>> collector = GroupCollector(SerialEnv(4, make_env), actor, context_dataset=train,
         ...                            group_size=4, trajs_per_batch=8, max_frames_per_traj=4, seed=0)
-        >>> eval_env = SerialEnv(4, make_env)
+        >>> eval_env = AsyncEnvPool([make_env] * 4, backend="threading")  # reused by every evaluation
         >>> trainer = RIPTTrainer(
         ...     collector=collector, loss=RIPTClipPPOLoss(actor), optimizer=make_optimizer(actor, lr=1e-2),
         ...     num_steps=2, ppo_epochs=2, minibatch_size=4, progress=False, seed=0,
@@ -99,6 +112,7 @@ class RIPTTrainer:
         modules: dict[str, nn.Module] | None = None,
         progress: bool = True,
         seed: int | None = None,
+        config: dict | None = None,
     ) -> None:
         for name, value in (("num_steps", num_steps), ("ppo_epochs", ppo_epochs),
                             ("minibatch_size", minibatch_size), ("eval_every", eval_every),
@@ -120,6 +134,7 @@ class RIPTTrainer:
         self.checkpoint_every = int(checkpoint_every)
         self.modules = dict(modules or {})
         self.progress = progress
+        self.config = dict(config) if config is not None else None
         self.step = 0
         self.env_steps = 0
         self.history: list[dict] = []
@@ -263,10 +278,10 @@ class RIPTTrainer:
                 "shuffle": self._shuffle.get_state(),
             },
         }
-        generator = getattr(self.collector, "_generator", None)
-        if generator is not None:
-            state["rng"]["collector"] = generator.get_state()
-            state["collector_next_group"] = self.collector._next_group
+        if isinstance(self.collector, GroupCollector):
+            state["collector"] = self.collector.state_dict()
+        state["format"] = _CHECKPOINT_FORMAT
+        state["config"] = self.config
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -285,25 +300,73 @@ class RIPTTrainer:
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
         self._shuffle.set_state(rng["shuffle"])
-        if "collector" in rng:
-            self.collector._generator.set_state(rng["collector"])
-            self.collector._next_group = state["collector_next_group"]
+        if "collector" in state and isinstance(self.collector, GroupCollector):
+            self.collector.load_state_dict(state["collector"])
 
     def save(self, path: str | Path) -> Path:
+        """Write the checkpoint atomically (write a temporary file, then rename):
+        a kill during the save leaves the previous ``path`` intact."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(path.name + ".tmp")
         torch.save(self.state_dict(), tmp)
-        tmp.replace(path)  # never leave a half-written checkpoint
-        (path.parent / "history.json").write_text(
-            json.dumps({"train": self.history, "eval": self.eval_history}, indent=1, default=float)
-        )
+        tmp.replace(path)
+        history = path.parent / "history.json"
+        tmp = history.with_name(history.name + ".tmp")
+        tmp.write_text(json.dumps({"train": self.history, "eval": self.eval_history}, indent=1, default=float))
+        tmp.replace(history)
         return path
 
     def resume(self, path: str | Path) -> bool:
-        """Load ``path`` if it exists; returns whether it did."""
+        """Load ``path`` if it exists; returns whether it did.
+
+        A file that is not a readable RIPT checkpoint (truncated, corrupt,
+        another program's), or one written for another model or another
+        configuration raises :class:`CheckpointError` saying which, before
+        anything is changed or overwritten.
+        """
         path = Path(path)
         if not path.exists():
             return False
-        self.load_state_dict(torch.load(path, weights_only=False))
+        try:
+            state = torch.load(path, weights_only=False, map_location="cpu")
+        except Exception as err:  # torch raises several types for broken zip/pickle data
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: the file is truncated or corrupt ({type(err).__name__}: "
+                f"{err}). Move it away to start over, or resume from another checkpoint."
+            ) from err
+        self._check_checkpoint(state, path)
+        self.load_state_dict(state)
         return True
+
+    def _check_checkpoint(self, state, path: Path) -> None:
+        if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"{path} is not a RIPTTrainer checkpoint (no {_CHECKPOINT_FORMAT!r} marker): it was "
+                "written by something else (e.g. save_policy writes policy files: load those with "
+                "torchrl_ript.models.load_policy, or pass them as policy.checkpoint)."
+            )
+        mine = self.loss.actor_network.state_dict()
+        theirs = state["actor"]
+        missing = sorted(set(mine) - set(theirs))
+        unexpected = sorted(set(theirs) - set(mine))
+        shapes = sorted(k for k in set(mine) & set(theirs) if tuple(mine[k].shape) != tuple(theirs[k].shape))
+        if missing or unexpected or shapes:
+            detail = "; ".join(
+                f"{label}: {names[:3]}{' ...' if len(names) > 3 else ''}"
+                for label, names in (("missing", missing), ("unexpected", unexpected), ("other shapes", shapes))
+                if names
+            )
+            raise CheckpointError(
+                f"{path} was written for another model ({detail}): resume with the policy it was "
+                "trained with, or use another checkpoint_dir for this model."
+            )
+        saved, current = state.get("config") or {}, self.config or {}
+        changed = {k: (saved[k], current[k]) for k in sorted(set(saved) & set(current))
+                   if k not in _RESUMABLE_CHANGES and saved[k] != current[k]}
+        if changed:
+            diff = ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in changed.items())
+            raise CheckpointError(
+                f"{path} was written with another configuration ({diff}): rerun with the same "
+                "settings to resume, or use another checkpoint_dir to start a new run."
+            )
