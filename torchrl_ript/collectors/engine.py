@@ -51,6 +51,9 @@ class Rollout:
     ``decisions`` counts the policy decisions taken (the index of the next
     one); ``env_steps`` the raw simulator steps; ``policy_version`` is set by
     the caller (e.g. the collector's version when the rollout started).
+    ``initial_state`` fixes the exact start (e.g. a noisy draw made when its
+    group was drawn); without it the engine draws the context's start (with
+    the dataset's noise) when the rollout begins.
     """
 
     context_id: int
@@ -64,6 +67,7 @@ class Rollout:
     success: bool = False
     policy_version: int = 0
     attempt: int = 0
+    initial_state: torch.Tensor | None = None  # the start to reset to; None: the context's own
 
 
 @dataclass
@@ -345,8 +349,15 @@ class RolloutEngine:
             self._slots[i] = rollout
             started.append(i)
         if started:
-            ids = torch.tensor([self._slots[i].context_id for i in started])
-            states = self.contexts.initial_states(ids, generator=self.generator)
+            rollouts = [self._slots[i] for i in started]
+            ids = torch.tensor([r.context_id for r in rollouts])
+            draw = [j for j, r in enumerate(rollouts) if r.initial_state is None]
+            states = torch.empty(len(rollouts), self.contexts.state_dim, dtype=torch.float64)
+            if draw:  # only these consume the generator
+                states[draw] = self.contexts.initial_states(ids[draw], generator=self.generator)
+            for j, rollout in enumerate(rollouts):
+                if rollout.initial_state is not None:
+                    states[j] = rollout.initial_state
             self.env.async_reset_send(context_reset_td(states, self.contexts.task_ids[ids]), env_index=started)
             for i in started:
                 self._phase[i] = _RESETTING

@@ -54,6 +54,7 @@ class _Group:
 
     context_id: int
     task_id: int
+    starts: torch.Tensor  # [K, D] the members' exact initial states
     rows: dict[int, TensorDict] = field(default_factory=dict)  # member -> trajectory row
     started: int = 0  # members started in the current attempt
     version: int = 0  # policy version when its first member started
@@ -329,7 +330,8 @@ class GroupCollector(Collector):
             "next_group": self._next_group,
             "weights_version": self.weights_version,
             "trajectories_collected": self.trajectories_collected,
-            "unreleased": [(gid, self._groups[gid].context_id, self._groups[gid].task_id) for gid in self._order],
+            "unreleased": [(gid, self._groups[gid].context_id, self._groups[gid].task_id,
+                            self._groups[gid].starts) for gid in self._order],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -341,13 +343,24 @@ class GroupCollector(Collector):
         if self._engine is not None:
             self._engine.abandon()
         self._groups, self._order, self._pending = {}, deque(), deque()
-        for gid, context_id, task_id in state["unreleased"]:
-            self._add_group(gid, context_id, task_id)
+        for gid, context_id, task_id, starts in state["unreleased"]:
+            self._groups[gid] = _Group(context_id, task_id, starts=starts)
+            self._order.append(gid)
+            self._pending.extend(self._members(gid))
 
     def _add_group(self, gid: int, context_id: int, task_id: int) -> None:
-        self._groups[gid] = _Group(context_id, task_id)
+        # the K starts are fixed now, in draw order (with per-draw noise each
+        # member gets its own), so they never depend on which slot is free first
+        starts = self.context_dataset.initial_states(torch.full((self.group_size,), context_id),
+                                                     generator=self._generator)
+        self._groups[gid] = _Group(context_id, task_id, starts=starts)
         self._order.append(gid)
-        self._pending.extend(Rollout(context_id, task_id, gid, member) for member in range(self.group_size))
+        self._pending.extend(self._members(gid))
+
+    def _members(self, gid: int) -> list[Rollout]:
+        group = self._groups[gid]
+        return [Rollout(group.context_id, group.task_id, gid, m, attempt=group.attempt,
+                        initial_state=group.starts[m]) for m in range(self.group_size)]
 
     def _draw_group(self) -> None:
         context = self.context_dataset.sample(1, generator=self._generator)
@@ -366,9 +379,7 @@ class GroupCollector(Collector):
             group.started = 0
             group.attempt += 1
         self._pending = deque(r for r in self._pending if r.group_id not in gids)
-        fresh = [Rollout(self._groups[g].context_id, self._groups[g].task_id, g, m,
-                         attempt=self._groups[g].attempt)
-                 for g in self._order if g in gids for m in range(self.group_size)]
+        fresh = [r for g in self._order if g in gids for r in self._members(g)]
         self._pending.extendleft(reversed(fresh))
         return dropped
 
@@ -469,7 +480,8 @@ class GroupCollector(Collector):
             return None
         if len(rb) == 0:
             return TensorDict(batch_size=[0])
-        return rb[: len(rb)]
+        # a copy: the buffer's storage is reused (overwritten) by the next batch
+        return rb[: len(rb)].clone()
 
     def _get_engine(self) -> RolloutEngine:
         keys = self._tensor_keys
