@@ -5,6 +5,7 @@ import json
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -154,7 +155,11 @@ class RIPTTrainer:
         for _ in bar:
             start = time.perf_counter()
             self._sync_policy()
-            batch = next(iterator)
+            with warnings.catch_warnings():
+                # the draw-limit warning: the trainer reports it once, with the stats, below
+                warnings.filterwarnings("ignore", message="GroupCollector drew max_context_draws",
+                                        category=RuntimeWarning)
+                batch = next(iterator)
             if batch is None:  # the collector wrote into a user replay buffer
                 batch = self.collector.replay_buffer[:]
             stats = getattr(self.collector, "last_stats", None)
@@ -184,7 +189,24 @@ class RIPTTrainer:
                 self.step % self.checkpoint_every == 0 or self.step == self.num_steps
             ):
                 self.save(self.checkpoint_dir / "latest.pt")
+        bar.close()
+        if self.progress or self.skipped_steps:
+            tqdm.write(self.summary())
         return self.history
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps whose batch held no informative group (no update was made)."""
+        return sum(int(r.get("train/skipped", 0)) for r in self.history)
+
+    def summary(self) -> str:
+        """One line: steps, updates, env steps, held-out success rate first -> last."""
+        line = (f"RIPT: {self.step}/{self.num_steps} steps, {self.step - self.skipped_steps} with an update"
+                f" ({self.skipped_steps} without an informative group), {self.env_steps} env steps")
+        if len(self.eval_history) >= 1:
+            line += (f", held-out success rate {self.eval_history[0]['success_rate']:.3f} -> "
+                     f"{self.eval_history[-1]['success_rate']:.3f}")
+        return line + "."
 
     def _optimise(self, batch: TensorDictBase) -> dict:
         n = batch.shape[0] if batch.batch_dims else 0
@@ -198,7 +220,7 @@ class RIPTTrainer:
             )
             tqdm.write(
                 f"RIPT step {self.step + 1}: dynamic sampling found no informative group"
-                f"{detail}; nothing to learn from, the policy is unchanged."
+                f"{detail}; nothing to learn from: no update, the schedule does not advance."
             )
             return {"train/skipped": 1, "train/batch": 0}
         losses, clips, kls, norms, exits = [], [], [], [], []
