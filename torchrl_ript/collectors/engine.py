@@ -44,6 +44,10 @@ class EnvWorkerError(RuntimeError):
     """Env worker processes kept dying: the engine gave up after ``max_restarts``."""
 
 
+class _PoolFailure(Exception):
+    """An error raised by the pool (a dead worker, or an env that raised); wraps it."""
+
+
 @dataclass
 class Rollout:
     """One rollout: where it starts, and what it has done so far.
@@ -310,8 +314,8 @@ class RolloutEngine:
                     break
                 self._act()
                 stop = self._receive(on_finish, block=True)
-            except RuntimeError as err:
-                self._restart_or_raise(err, on_lost)
+            except _PoolFailure as failure:
+                self._restart_or_raise(failure.__cause__, on_lost)
         self._drain(on_lost)
         if keep_in_flight:
             return []
@@ -358,7 +362,8 @@ class RolloutEngine:
             for j, rollout in enumerate(rollouts):
                 if rollout.initial_state is not None:
                     states[j] = rollout.initial_state
-            self.env.async_reset_send(context_reset_td(states, self.contexts.task_ids[ids]), env_index=started)
+            self._pool(self.env.async_reset_send, context_reset_td(states, self.contexts.task_ids[ids]),
+                       env_index=started)
             for i in started:
                 self._phase[i] = _RESETTING
         self.times.reset_s += time.perf_counter() - t0
@@ -394,7 +399,7 @@ class RolloutEngine:
         for rollout in rollouts:
             rollout.decisions += 1
         self.times.decision_steps += len(slots)
-        self.env.async_step_send(out.select(self.action_key), env_index=slots)
+        self._pool(self.env.async_step_send, out.select(self.action_key), env_index=slots)
         for i in slots:
             self._phase[i] = _STEPPING
         self.times.bookkeeping_s += time.perf_counter() - t1
@@ -413,9 +418,9 @@ class RolloutEngine:
         resets = steps = None
         if self.lockstep and block:  # a barrier: everything outstanding, in env order
             if resetting:
-                resets = self.env.async_reset_recv(min_get=resetting)
+                resets = self._pool(self.env.async_reset_recv, min_get=resetting)
             if stepping:
-                steps = self.env.async_step_recv(min_get=stepping)
+                steps = self._pool(self.env.async_step_recv, min_get=stepping)
         while not (self.lockstep and block):
             if resetting:
                 # resets are rare and short: poll them unless nothing else is running
@@ -438,12 +443,20 @@ class RolloutEngine:
         self.times.bookkeeping_s += time.perf_counter() - t1
         return stop
 
-    @staticmethod
-    def _recv(receive, timeout):
+    def _recv(self, receive, timeout):
         try:
-            return receive(min_get=1, timeout=timeout)
-        except TimeoutError:
-            return None
+            return self._pool(receive, min_get=1, timeout=timeout)
+        except _PoolFailure as failure:
+            if isinstance(failure.__cause__, TimeoutError):
+                return None
+            raise
+
+    @staticmethod
+    def _pool(call, *args, **kwargs):
+        try:
+            return call(*args, **kwargs)
+        except Exception as err:
+            raise _PoolFailure() from err
 
     def _inputs(self, td: TensorDictBase) -> TensorDictBase:
         if self._input_keys is None:
@@ -488,14 +501,18 @@ class RolloutEngine:
                 if not (self._phase.count(_STEPPING) or self._phase.count(_RESETTING)):
                     return
                 self._receive(lambda rollout: self._finished_late.append(rollout) or False, block=True)
-            except RuntimeError as err:
-                self._restart_or_raise(err, on_lost)
+            except _PoolFailure as failure:
+                self._restart_or_raise(failure.__cause__, on_lost)
 
     # -- faults ---------------------------------------------------------------------------
-    def _restart_or_raise(self, err: RuntimeError, on_lost) -> None:
+    def _restart_or_raise(self, err: Exception, on_lost) -> None:
         dead = _dead_workers(self.env)
-        if not dead:
-            raise err  # an env raised (bug or bad input): not something a restart fixes
+        if not dead:  # an env raised (a bug or bad input): not something a restart fixes
+            raise RuntimeError(
+                "an env raised while rolling out (not retried: a restart would raise again). Its "
+                "error follows; check the contexts it was given (task ids, states) and the env.\n"
+                f"{type(err).__name__}: {err}"
+            ) from err
         self.times.restarts += 1
         self.restart_log.append("; ".join(dead))
         if self.times.restarts > self.max_restarts:
