@@ -23,7 +23,9 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.collectors import BaseCollector
 from torchrl.envs.utils import ExplorationType
 
-from torchrl_ript.collectors.group import CollectionStats, GroupCollector, _check_sizes
+from torchrl_ript.collectors.group import GroupCollector
+from torchrl_ript.collectors.stats import CollectionStats
+from torchrl_ript.config import check_group_sizes
 from torchrl_ript.data.context import ContextDataset
 
 __all__ = [
@@ -48,7 +50,7 @@ class RayWorkerError(RuntimeError):
 class RayCollectionStats(CollectionStats):
     """:class:`CollectionStats` summed over the workers, plus what the learner saw.
 
-    ``wall_s`` is the learner's time for the batch; ``policy_s``/``env_s``/...
+    ``wall_s`` is the learner's time for the batch; ``policy_s``/``env_wait_s``/...
     are summed over workers (CPU-seconds). ``rollouts_discarded`` also counts
     rollouts of groups the learner did not use (surplus or too old).
     """
@@ -78,7 +80,7 @@ def merge_collection_stats(stats: Sequence[CollectionStats | None]) -> Collectio
     out = type(stats[0])()
     for field in dataclasses.fields(out):
         values = [getattr(s, field.name) for s in stats if hasattr(s, field.name)]
-        if field.name in ("wall_s", "max_lag"):
+        if field.name in ("wall_s", "max_lag", "max_staleness"):
             setattr(out, field.name, max(values))
         elif field.type in (bool, "bool"):
             setattr(out, field.name, any(values))
@@ -98,10 +100,12 @@ class RemoteGroupCollector(GroupCollector):
     Built by TorchRL's Ray collector inside a Ray actor. ``stream_index``
     fixes its context stream (seed ``seed + stream_index``) and its group-id
     range (``stream_index << 40``), so a replacement worker never repeats the
-    ids of the one it replaces. Every trajectory it yields carries the
-    ``policy_version`` of the weights it was collected with (set by the
-    learner after each weight update, see :meth:`set_policy_version`), unless
-    the rollout engine already wrote one.
+    ids of the one it replaces. Its policy version is the learner's (set after
+    each weight update, see :meth:`set_policy_version`), not a count of its
+    own reports: every trajectory records the version it started under.
+    Rollouts still running when a report is complete continue in the next
+    one (``keep_in_flight=True`` by default), unless the weights changed more
+    than ``max_staleness`` times meanwhile (then their group is rerun).
 
     Examples:
         >>> from torchrl.envs import SerialEnv
@@ -117,6 +121,8 @@ class RemoteGroupCollector(GroupCollector):
         >>> rows, stats, version = worker.collect()
         >>> rows["policy_version"].tolist(), int(rows["group_id"][0]) >> 40, version
         ([7, 7, 7, 7], 3, 7)
+        >>> worker.collect()[0]["policy_version"].tolist()  # still 7: no new weights arrived
+        [7, 7, 7, 7]
         >>> worker.shutdown()
     """
 
@@ -129,14 +135,16 @@ class RemoteGroupCollector(GroupCollector):
         keys: dict | None = None,
         seed: int | None = None,
         worker_idx: int | None = None,
+        keep_in_flight: bool = True,
         **kwargs,
     ) -> None:
-        super().__init__(create_env_fn, policy, seed=seed, worker_idx=worker_idx, **kwargs)
+        super().__init__(create_env_fn, policy, seed=seed, worker_idx=worker_idx,
+                         keep_in_flight=keep_in_flight, **kwargs)
         stream = int(stream_index if stream_index is not None else (worker_idx or 0))
         self.stream_index = stream
         if seed is not None:
             self._generator.manual_seed(seed + stream)
-        self._group_offset = stream << _ID_SHIFT
+        self._id_offset = stream << _ID_SHIFT
         self._policy_version = 0
         if keys:
             self.set_keys(**keys)
@@ -158,9 +166,11 @@ class RemoteGroupCollector(GroupCollector):
         self.set_keys(**kwargs)
 
     def rollout(self) -> TensorDictBase | None:
+        # GroupCollector counts its own batches as versions; here the learner's
+        # weight updates are the versions (several reports per update)
+        self.weights_version = self._policy_version
         batch = super().rollout()
-        if batch is not None and _rows(batch) and "policy_version" not in batch.keys():
-            batch.set("policy_version", torch.full(batch.shape, self._policy_version, dtype=torch.int64))
+        self.weights_version = self._policy_version
         return batch
 
     def collect(self) -> tuple[TensorDictBase | None, dict, int]:
@@ -172,11 +182,12 @@ class RemoteGroupCollector(GroupCollector):
         return batch, self.last_stats.as_dict(), self._policy_version
 
     def context_state(self) -> dict:
-        return {"generator": self._generator.get_state(), "next_group": self._next_group}
+        """:meth:`GroupCollector.state_dict` (the context stream), for a remote call."""
+        return self.state_dict()
 
     def load_context_state(self, state: dict) -> None:
-        self._generator.set_state(state["generator"])
-        self._next_group = int(state["next_group"])
+        self.load_state_dict(state)
+        self.weights_version = self._policy_version
 
     def __bool__(self) -> bool:
         # Ray tests the actor's truth when it stores a task's exception; a
@@ -303,7 +314,9 @@ class RayGroupCollector(BaseCollector):
         stream_offset: int = 0,
     ) -> None:
         ray = _import_ray()
-        _check_sizes(group_size, trajs_per_batch, max_frames_per_traj, max_context_draws)
+        check_group_sizes(group_size, trajs_per_batch, max_context_draws=max_context_draws)
+        if int(max_frames_per_traj) < 1:
+            raise ValueError(f"max_frames_per_traj must be >= 1, got {max_frames_per_traj}.")
         if not isinstance(context_dataset, ContextDataset):
             raise TypeError(
                 f"context_dataset must be a ContextDataset, got {type(context_dataset).__name__}."
@@ -392,6 +405,8 @@ class RayGroupCollector(BaseCollector):
                 ),
                 "dynamic_sampling": self.dynamic_sampling,
                 "observation_keys": self.observation_keys,
+                # a group carried over in a worker may be at most as old as the learner accepts
+                "max_staleness": self.max_policy_lag,
                 "seed": self.seed,
                 "stream_index": first + i,
                 "keys": dict(self._keys),

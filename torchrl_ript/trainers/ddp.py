@@ -393,12 +393,11 @@ def _split_rows(batch: TensorDictBase, parts: int) -> list[TensorDictBase]:
 def _collector_context_state(collector) -> dict | None:
     if collector is None:
         return None
-    if hasattr(collector, "context_state_dict"):
+    if hasattr(collector, "context_state_dict"):  # Ray workers
         return {"remote": collector.context_state_dict()}
-    generator = getattr(collector, "_generator", None)
-    if generator is None:
-        return None
-    return {"generator": generator.get_state(), "next_group": collector._next_group}
+    if hasattr(collector, "state_dict"):  # a GroupCollector: its context stream
+        return {"local": collector.state_dict()}
+    return None
 
 
 def _load_collector_context_state(collector, state: dict | None) -> None:
@@ -407,8 +406,7 @@ def _load_collector_context_state(collector, state: dict | None) -> None:
     if "remote" in state:
         collector.load_context_state_dict(state["remote"])
     else:
-        collector._generator.set_state(state["generator"])
-        collector._next_group = state["next_group"]
+        collector.load_state_dict(state["local"])
 
 
 # -- the collector switch of the examples -----------------------------------------
@@ -444,8 +442,8 @@ def make_collector(
     pool as before. ``backend="ray"`` gives a
     :class:`~torchrl_ript.collectors.RayGroupCollector` with ``num_workers``
     remote GroupCollectors, each over ``envs_per_worker`` (default K) copies
-    of ``env_fn`` (a ``SerialEnv``: one worker, one core; a ``ParallelEnv``
-    when ``parallel`` and ``cpus_per_worker > 1``). Under ``torchrun``
+    of ``env_fn`` in a :func:`~torchrl_ript.trainers.factory.make_batched_env`
+    pool (processes when ``parallel``, as rendering envs need). Under ``torchrun``
     (``distributed`` given) the collector is wrapped in a
     :class:`RankCollector`: with ``ddp_collect="per_rank"`` each rank collects
     ``B / G`` rollouts with its own seed (``config.num_envs`` env slots per
@@ -531,7 +529,8 @@ def make_collector(
         workers = int(opts["num_workers"])
         cpus = opts["cpus_per_worker"]
         collector = RayGroupCollector(
-            partial(make_batched_env, env_fn, envs, parallel=parallel and envs > 1 and cpus > 1),
+            # the example's own kind of env pool (rendering envs need processes)
+            partial(make_batched_env, env_fn, envs, parallel=parallel),
             policy,
             context_dataset=train_contexts,
             group_size=K,
