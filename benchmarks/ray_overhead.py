@@ -1,17 +1,15 @@
 """What Ray rollout workers cost: RayGroupCollector vs the same GroupCollector in-process.
 
-One workload, one process run, equal simulator processes in each pair:
+One workload, one process run:
 
-- ``inproc_serial``: ``GroupCollector(SerialEnv(K))`` in this process (one
-  process simulates and runs the policy);
+- ``inproc``: ``GroupCollector(make_batched_env(env_fn, K))`` in this process
+  (K env slots: worker processes, or threads with ``--pool threads``), the
+  examples' set-up;
 - ``ray_1``: one Ray worker (:class:`~torchrl_ript.collectors.RayGroupCollector`,
-  ``num_workers=1``) running that same ``GroupCollector(SerialEnv(K))`` in its
-  actor: ``ray_1 / inproc_serial`` is Ray's overhead at equal cores;
-- ``inproc_parallel``: ``GroupCollector(ParallelEnv(W))`` in this process
-  (W env processes, the single-machine set-up of the examples);
-- ``ray_W``: W Ray workers, each a ``GroupCollector(SerialEnv(K))``:
-  ``ray_W / inproc_parallel`` compares Ray's way of using W cores with the
-  in-process one, ``ray_W / ray_1`` is the scaling from 1 to W workers;
+  ``num_workers=1``) running that same GroupCollector and pool in its actor:
+  ``ray_1 / inproc`` is Ray's overhead for the same processes;
+- ``ray_W``: W Ray workers, each such a GroupCollector: ``ray_W / ray_1`` is
+  the scaling from 1 to W workers (W x K env slots; it needs the cores);
 - ``ray_W_lag1``: as ``ray_W`` with ``max_policy_lag=1`` (the workers never
   wait for the learner's "next batch" request).
 
@@ -27,7 +25,7 @@ VLA env: almost free steps, so it shows the fixed cost per report).
 
 Usage::
 
-    python benchmarks/ray_overhead.py               # MetaWorld, 2 workers (~5 min on 2 cores)
+    python benchmarks/ray_overhead.py               # MetaWorld, 2 workers (~6 min on 2 cores)
     python benchmarks/ray_overhead.py --env toy     # the fixed cost per report (~2 min)
     python benchmarks/ray_overhead.py --workers 8   # a 16-core machine
 
@@ -66,16 +64,10 @@ def toy_env(action_dim: int = 2, max_steps: int = 8):
     return ContextToyVLAEnv(action_dim=action_dim, max_steps=max_steps, success_tol=0.15)
 
 
-def serial_pool(env_fn, n: int):
-    from torchrl.envs import SerialEnv
+def env_pool(env_fn, n: int, processes: bool):
+    from torchrl_ript.trainers.factory import make_batched_env
 
-    return SerialEnv(n, env_fn)
-
-
-def parallel_pool(env_fn, n: int):
-    from torchrl.envs import ParallelEnv
-
-    return ParallelEnv(n, env_fn, mp_start_method="spawn")
+    return make_batched_env(env_fn, n, parallel=processes)
 
 
 def workload(args):
@@ -122,11 +114,11 @@ def _timed_batches(collector, iters: int) -> dict:
     }
 
 
-def run_inproc(args, pool, n_envs: int) -> dict:
+def run_inproc(args) -> dict:
     from torchrl_ript import GroupCollector
 
     env_fn, policy, contexts, horizon = workload(args)
-    collector = GroupCollector(pool(env_fn, n_envs), policy, context_dataset=contexts, group_size=args.k,
+    collector = GroupCollector(env_pool(env_fn, args.k, args.pool == "processes"), policy, context_dataset=contexts, group_size=args.k,
                                trajs_per_batch=args.k * args.groups, max_frames_per_traj=horizon,
                                dynamic_sampling=False, seed=0)
     try:
@@ -140,7 +132,8 @@ def run_ray(args, workers: int, *, lag: int = 0) -> dict:
 
     env_fn, policy, contexts, horizon = workload(args)
     t0 = time.perf_counter()
-    collector = RayGroupCollector(partial(serial_pool, env_fn, args.k), policy, context_dataset=contexts,
+    collector = RayGroupCollector(partial(env_pool, env_fn, args.k, args.pool == "processes"), policy,
+                                  context_dataset=contexts,
                                   group_size=args.k, trajs_per_batch=args.k * args.groups,
                                   max_frames_per_traj=horizon, dynamic_sampling=False, seed=0,
                                   num_workers=workers, max_policy_lag=lag, worker_timeout_s=600)
@@ -172,6 +165,8 @@ def main(argv=None) -> dict:
     p.add_argument("--policy", default="small")
     p.add_argument("--horizon", type=int, default=None, help="decisions per rollout (25 MetaWorld, 8 toy)")
     p.add_argument("--k", type=int, default=4, help="rollouts per group (= env slots per worker)")
+    p.add_argument("--pool", choices=["processes", "threads"], default=None,
+                   help="env slots as worker processes (default for MetaWorld) or threads (toy)")
     p.add_argument("--groups", type=int, default=4, help="groups per batch (B = groups x K)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--iters", type=int, default=3, help="timed batches per path")
@@ -179,6 +174,8 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.horizon is None:
         args.horizon = 25 if args.env == "metaworld" else 8
+    if args.pool is None:  # rendering envs need processes; the toy env is cheapest in threads
+        args.pool = "processes" if args.env == "metaworld" else "threads"
     torch.set_num_threads(1)  # as each Ray worker (num_cpus=1): equal compute per process
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     import ray
@@ -186,8 +183,7 @@ def main(argv=None) -> dict:
     load_start = _load()
     t_all = time.perf_counter()
     results = {}
-    results["inproc_serial"] = run_inproc(args, serial_pool, args.k)
-    results[f"inproc_parallel_{args.workers}"] = run_inproc(args, parallel_pool, args.workers)
+    results["inproc"] = run_inproc(args)
     t0 = time.perf_counter()
     ray.init(num_cpus=max(2, args.workers), include_dashboard=False, log_to_driver=False)
     ray_init_s = time.perf_counter() - t0
@@ -207,8 +203,7 @@ def main(argv=None) -> dict:
         "ray_init_s": ray_init_s,
         "paths": results,
         "ratios": {
-            "ray_1_vs_inproc_serial": rate["ray_1"] / rate["inproc_serial"],
-            f"ray_{W}_vs_inproc_parallel_{W}": rate[f"ray_{W}"] / rate[f"inproc_parallel_{W}"],
+            "ray_1_vs_inproc": rate["ray_1"] / rate["inproc"],
             f"ray_{W}_vs_ray_1": rate[f"ray_{W}"] / rate["ray_1"],
             f"ray_{W}_lag1_vs_ray_{W}": rate[f"ray_{W}_lag1"] / rate[f"ray_{W}"],
         },
