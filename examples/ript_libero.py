@@ -33,6 +33,7 @@ from torchrl_ript.envs.libero_factory import (  # noqa: E402
 )
 from torchrl_ript.models.checkpoint import save_policy  # noqa: E402
 from torchrl_ript.trainers import EXPLORATION_MODES, evaluate_modes, exploration_modes, save_video  # noqa: E402
+from torchrl_ript.trainers.ddp import init_distributed, make_collector  # noqa: E402
 from torchrl_ript.trainers.factory import make_batched_env, make_logger, make_ript_trainer  # noqa: E402
 from torchrl_ript.trainers.pipeline import (  # noqa: E402
     load_or_train_policy,
@@ -84,7 +85,10 @@ def first_per_task(contexts, task_ids, n):
 @hydra.main(config_path="configs", config_name="ript_libero", version_base=None)
 def main(cfg: DictConfig) -> None:
     start = time.perf_counter()
+    distributed = init_distributed()  # None unless started by torchrun
     out = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
+    if distributed is not None and not distributed.is_main:  # its own demos/SFT files; rank 0 checkpoints
+        out = out / f"rank{distributed.rank}"
     set_num_threads(cfg.threads)
     modes = exploration_modes(cfg.eval.exploration)  # a bad name fails before any work
     torch.manual_seed(cfg.ript.seed)
@@ -134,9 +138,15 @@ def main(cfg: DictConfig) -> None:
               "sr_sft": before["success_rate"] if sft_needed else None, "sft_s": sft_info["sft_s"]}
     if cfg.stages.ript:
         during = cfg.eval.during_training_per_task
+        contexts = train_contexts(cfg, paths)
+        # collector.backend=ray, or this rank's share under torchrun (None: the local default)
+        collector = make_collector(config, cfg.collector, env_fn=env_fn, policy=bundle.policy,
+                                   train_contexts=contexts, sampled_action_key=bundle.sampled_key,
+                                   distributed=distributed)
         trainer = make_ript_trainer(
-            config, env=env, eval_env=env if during else None, actor=bundle.actor, policy=bundle.policy,
-            sampled_action_key=bundle.sampled_key, train_contexts=train_contexts(cfg, paths),
+            config, env=env if collector is None else None, collector=collector, distributed=distributed,
+            eval_env=env if during else None, actor=bundle.actor, policy=bundle.policy,
+            sampled_action_key=bundle.sampled_key, train_contexts=contexts,
             eval_contexts=first_per_task(held_out, task_ids, during) if during else None,
             logger=make_logger(cfg.logger.kind, out / "logs", "ript_libero"),
             checkpoint_dir=out / "checkpoints", eval_exploration_type=EXPLORATION_MODES[modes[0]],
@@ -151,6 +161,8 @@ def main(cfg: DictConfig) -> None:
             trainer.train()
         final = full_eval("ript")
         trainer.collector.shutdown()  # closes the env pool
+        if collector is not None:  # the pool only evaluated
+            env.close()
         save_policy(bundle.network, out / "ript_policy.pt", extra={"ript_steps": trainer.step})
         skipped = sum(int(r.get("train/skipped", 0)) for r in trainer.history)
         if skipped:
@@ -175,6 +187,8 @@ def main(cfg: DictConfig) -> None:
     result.update(wall_s=time.perf_counter() - start, output_dir=str(out),
                   config=OmegaConf.to_container(cfg, resolve=True))
     print_result_line(result, out / "result.json")
+    if distributed is not None:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
     python examples/ript_metaworld.py                       # the default main job
     python examples/ript_metaworld.py policy.kind=regression ript.group_size=8
+    python examples/ript_metaworld.py collector.backend=ray collector.num_workers=2   # Ray rollout workers
+    torchrun --standalone --nproc_per_node=2 examples/ript_metaworld.py               # 2 DDP learners
 
 Ends by printing one JSON line: tasks, sr_sft, sr_ript, iterations, env_steps, wall_s.
 """
@@ -22,6 +24,7 @@ from torchrl_ript.models.checkpoint import save_policy  # noqa: E402
 from torchrl_ript.envs.metaworld import MetaWorldEnv, metaworld_contexts  # noqa: E402
 from torchrl_ript.envs.metaworld_demos import metaworld_key_map, record_metaworld_demos  # noqa: E402
 from torchrl_ript.trainers import EXPLORATION_MODES, evaluate_modes, exploration_modes, save_video  # noqa: E402
+from torchrl_ript.trainers.ddp import init_distributed, make_collector  # noqa: E402
 from torchrl_ript.trainers.factory import make_batched_env, make_logger, make_ript_trainer  # noqa: E402
 from torchrl_ript.trainers.pipeline import (  # noqa: E402
     load_or_train_policy,
@@ -71,7 +74,10 @@ def first_per_task(contexts, n):
 @hydra.main(config_path="configs", config_name="ript_metaworld", version_base=None)
 def main(cfg: DictConfig) -> None:
     start = time.perf_counter()
+    distributed = init_distributed()  # None unless started by torchrun
     out = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
+    if distributed is not None and not distributed.is_main:  # its own demos/SFT files; rank 0 checkpoints
+        out = out / f"rank{distributed.rank}"
     set_num_threads(cfg.threads)
     modes = exploration_modes(cfg.eval.exploration)  # a bad name fails before any work
     torch.manual_seed(cfg.ript.seed)
@@ -114,10 +120,16 @@ def main(cfg: DictConfig) -> None:
               "sr_sft_by_mode": sft_eval["by_mode"], "sft_s": sft_info["sft_s"]}
     trainer = None
     if cfg.stages.ript:
+        contexts = train_contexts(cfg, paths)
+        # collector.backend=ray, or this rank's share under torchrun (None: the local default)
+        collector = make_collector(config, cfg.collector, env_fn=env_fn, policy=bundle.policy,
+                                   train_contexts=contexts, sampled_action_key=bundle.sampled_key,
+                                   distributed=distributed)
         trainer = make_ript_trainer(
-            config, env=make_batched_env(env_fn, config.num_envs), eval_env=eval_env,
+            config, env=make_batched_env(env_fn, config.num_envs) if collector is None else None,
+            collector=collector, distributed=distributed, eval_env=eval_env,
             actor=bundle.actor, policy=bundle.policy, sampled_action_key=bundle.sampled_key,
-            train_contexts=train_contexts(cfg, paths),
+            train_contexts=contexts,
             eval_contexts=first_per_task(held_out, cfg.eval.during_training_per_task),
             logger=make_logger(cfg.logger.kind, out / "logs", "ript_metaworld"),
             checkpoint_dir=out / "checkpoints", eval_exploration_type=EXPLORATION_MODES[modes[0]],
@@ -141,6 +153,8 @@ def main(cfg: DictConfig) -> None:
     result.update(wall_s=time.perf_counter() - start, output_dir=str(out),
                   config=OmegaConf.to_container(cfg, resolve=True))
     print_result_line(result, out / "result.json")
+    if distributed is not None:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,11 @@
 """Collectors: grouped rollouts from exact contexts with dynamic sampling."""
+from torchrl_ript.collectors.distributed import (
+    RayCollectionStats,
+    RayGroupCollector,
+    RayWorkerError,
+    RemoteGroupCollector,
+    merge_collection_stats,
+)
 from torchrl_ript.collectors.engine import EnvWorkerError, Rollout, RolloutEngine, as_env_pool
 from torchrl_ript.collectors.group import GroupCollector, make_ript_replay_buffer
 from torchrl_ript.collectors.stats import CollectionStats
@@ -11,4 +18,9 @@ __all__ = [
     "RolloutEngine",
     "as_env_pool",
     "make_ript_replay_buffer",
+    "RayCollectionStats",
+    "RayGroupCollector",
+    "RayWorkerError",
+    "RemoteGroupCollector",
+    "merge_collection_stats",
 ]

@@ -52,7 +52,7 @@ def make_logger(kind: str, log_dir: str | Path, name: str, **kwargs) -> Logger |
 def make_ript_trainer(
     config: RIPTConfig,
     *,
-    env: EnvBase,
+    env: EnvBase | None,
     eval_env: EnvBase | None,
     actor,
     policy: TensorDictModuleBase | None = None,
@@ -63,6 +63,8 @@ def make_ript_trainer(
     checkpoint_dir: str | Path | None = None,
     eval_exploration_type: ExplorationType = ExplorationType.DETERMINISTIC,
     progress: bool = True,
+    collector=None,
+    distributed=None,
 ) -> RIPTTrainer:
     """Wire a :class:`RIPTTrainer` (collector, loss, optimiser, schedule, eval).
 
@@ -70,20 +72,28 @@ def make_ript_trainer(
     the collector runs, e.g. the actor followed by a token decoder.
     ``eval_exploration_type`` is how the periodic evaluation acts: the mode
     (default) or the sampling policy (``ExplorationType.RANDOM``).
+    ``collector`` replaces the default ``GroupCollector`` over ``env`` (e.g.
+    Ray workers or a DDP rank's share, from
+    :func:`torchrl_ript.trainers.ddp.make_collector`); ``distributed`` is the
+    rank's :class:`~torchrl_ript.trainers.ddp.DistributedContext` under
+    ``torchrun``.
     """
     validate_ript_config(config)
     policy = actor if policy is None else policy
-    collector = GroupCollector(
-        env,
-        policy,
-        context_dataset=train_contexts,
-        group_size=config.group_size,
-        trajs_per_batch=config.batch_size,
-        max_frames_per_traj=config.max_decisions,
-        max_context_draws=config.max_context_draws,
-        dynamic_sampling=config.dynamic_sampling,
-        seed=config.seed,
-    ).set_keys(sampled_action=sampled_action_key)
+    if collector is None:
+        if env is None:
+            raise ValueError("make_ript_trainer needs env= (or a ready collector=).")
+        collector = GroupCollector(
+            env,
+            policy,
+            context_dataset=train_contexts,
+            group_size=config.group_size,
+            trajs_per_batch=config.batch_size,
+            max_frames_per_traj=config.max_decisions,
+            max_context_draws=config.max_context_draws,
+            dynamic_sampling=config.dynamic_sampling,
+            seed=config.seed,
+        ).set_keys(sampled_action=sampled_action_key)
     loss = RIPTClipPPOLoss(actor, clip_epsilon=config.clip_epsilon, ratio=config.ratio)
     loss.set_keys(action=sampled_action_key)
     optimizer = make_optimizer(actor, lr=config.lr, param_lrs=config.param_lrs)
@@ -100,7 +110,7 @@ def make_ript_trainer(
                 exploration_type=eval_exploration_type, progress=progress,
             )
 
-    if checkpoint_dir is not None:
+    if checkpoint_dir is not None and (distributed is None or distributed.is_main):
         Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
         (Path(checkpoint_dir) / "config.json").write_text(json.dumps(config.as_dict(), indent=1))
     return RIPTTrainer(
@@ -119,4 +129,5 @@ def make_ript_trainer(
         progress=progress,
         seed=config.seed,
         config=config.as_dict(),
+        distributed=distributed,
     )

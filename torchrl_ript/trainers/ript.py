@@ -71,6 +71,14 @@ class RIPTTrainer:
             ``RIPTConfig.as_dict()``), stored in checkpoints; :meth:`resume`
             refuses a checkpoint written with other values (except
             ``num_steps``, ``eval_every``, ``num_envs``).
+        distributed (DistributedContext, optional): this rank of a
+            ``torchrun`` job (:func:`~torchrl_ript.trainers.ddp.init_distributed`).
+            The collector yields this rank's share of each batch (see
+            :class:`~torchrl_ript.trainers.ddp.RankCollector`); each gradient
+            step uses ``minibatch_size / world_size`` rows per rank and
+            gradients averaged over ranks; rank 0 evaluates, logs and writes
+            checkpoints; :meth:`save` and :meth:`resume` must be called on
+            every rank.
 
     Examples:
         >>> import torch
@@ -121,6 +129,7 @@ class RIPTTrainer:
         progress: bool = True,
         seed: int | None = None,
         config: dict | None = None,
+        distributed=None,
     ) -> None:
         for name, value in (("num_steps", num_steps), ("ppo_epochs", ppo_epochs),
                             ("minibatch_size", minibatch_size), ("eval_every", eval_every),
@@ -141,7 +150,14 @@ class RIPTTrainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.checkpoint_every = int(checkpoint_every)
         self.modules = dict(modules or {})
-        self.progress = progress
+        self.distributed = distributed
+        self.is_main = distributed is None or distributed.is_main
+        if distributed is not None and self.minibatch_size % distributed.world_size:
+            raise ValueError(
+                f"minibatch_size={minibatch_size} (rows per gradient step over all ranks) must "
+                f"be a multiple of the {distributed.world_size} ranks."
+            )
+        self.progress = progress and self.is_main
         self.config = dict(config) if config is not None else None
         self.step = 0
         self.env_steps = 0
@@ -154,6 +170,8 @@ class RIPTTrainer:
     # -- loop -----------------------------------------------------------------
     def train(self) -> list[dict]:
         """Run the remaining steps; returns one record per step."""
+        if self.distributed is not None:  # every rank starts from rank 0's weights
+            self.distributed.broadcast_module(self.loss.actor_network)
         if self.evaluate_fn is not None and not self.eval_history:
             self._evaluate()
         iterator = iter(self.collector)
@@ -217,6 +235,10 @@ class RIPTTrainer:
 
     def _optimise(self, batch: TensorDictBase) -> dict:
         n = batch.shape[0] if batch.batch_dims else 0
+        if self.distributed is not None:
+            from torchrl_ript.trainers.ddp import optimise_distributed
+
+            return optimise_distributed(self, batch)
         if n == 0:
             stats = getattr(self.collector, "last_stats", None)
             detail = (
@@ -263,6 +285,8 @@ class RIPTTrainer:
         return record
 
     def _evaluate(self) -> dict:
+        if not self.is_main:  # rank 0 evaluates; the others wait at the next collective
+            return {}
         result = self.evaluate_fn()
         scalars = {"success_rate": float(result["success_rate"]), "step": self.step}
         for task, rate in result.get("per_task", {}).items():
@@ -283,7 +307,7 @@ class RIPTTrainer:
             self.collector.update_policy_weights_()
 
     def _log(self, record: dict) -> None:
-        if self.logger is None:
+        if self.logger is None or not self.is_main:
             return
         for key, value in record.items():
             if isinstance(value, (int, float, bool)) and key != "step" and math.isfinite(float(value)):
@@ -309,6 +333,10 @@ class RIPTTrainer:
         }
         if isinstance(self.collector, GroupCollector):
             state["collector"] = self.collector.state_dict()
+        elif hasattr(self.collector, "context_state_dict"):  # Ray workers, DDP ranks
+            state["collector_state"] = self.collector.context_state_dict()
+        if self.distributed is not None:  # collective: each rank's own RNG streams
+            state["rng_per_rank"] = self.distributed.all_gather_object(state["rng"])
         state["format"] = _CHECKPOINT_FORMAT
         state["config"] = self.config
         return state
@@ -325,20 +353,28 @@ class RIPTTrainer:
         self.history = list(state["history"])
         self.eval_history = list(state["eval_history"])
         rng = state["rng"]
+        per_rank = state.get("rng_per_rank")
+        if self.distributed is not None and per_rank and len(per_rank) == self.distributed.world_size:
+            rng = per_rank[self.distributed.rank]
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
         self._shuffle.set_state(rng["shuffle"])
         if "collector" in state and isinstance(self.collector, GroupCollector):
             self.collector.load_state_dict(state["collector"])
+        if "collector_state" in state and hasattr(self.collector, "load_context_state_dict"):
+            self.collector.load_context_state_dict(state["collector_state"])
 
     def save(self, path: str | Path) -> Path:
         """Write the checkpoint atomically (write a temporary file, then rename):
         a kill during the save leaves the previous ``path`` intact."""
         path = Path(path)
+        state = self.state_dict()
+        if not self.is_main:  # under DDP rank 0 writes (state_dict() gathered every rank's part)
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state_dict(), tmp)
+        torch.save(state, tmp)
         tmp.replace(path)
         history = path.parent / "history.json"
         tmp = history.with_name(history.name + ".tmp")
@@ -352,11 +388,26 @@ class RIPTTrainer:
         A file that is not a readable RIPT checkpoint (truncated, corrupt,
         another program's), or one written for another model or another
         configuration raises :class:`CheckpointError` saying which, before
-        anything is changed or overwritten.
+        anything is changed or overwritten. Under DDP, rank 0 reads the file
+        and sends it to the other ranks (no shared disk needed).
         """
         path = Path(path)
-        if not path.exists():
+        state, error = None, None
+        if self.is_main and path.exists():
+            try:
+                state = self._read_checkpoint(path)
+            except CheckpointError as err:
+                error = err
+        if self.distributed is not None:  # every rank gets what rank 0 read (or its error)
+            state, error = self.distributed.broadcast_object((state, error))
+        if error is not None:
+            raise error
+        if state is None:
             return False
+        self.load_state_dict(state)
+        return True
+
+    def _read_checkpoint(self, path: Path) -> dict:
         try:
             state = torch.load(path, weights_only=False, map_location="cpu")
         except Exception as err:  # torch raises several types for broken zip/pickle data
@@ -365,8 +416,7 @@ class RIPTTrainer:
                 f"{err}). Move it away to start over, or resume from another checkpoint."
             ) from err
         self._check_checkpoint(state, path)
-        self.load_state_dict(state)
-        return True
+        return state
 
     def _check_checkpoint(self, state, path: Path) -> None:
         if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
