@@ -39,7 +39,6 @@ __all__ = [
 #: env variables a worker needs to render and find its data; passed to Ray
 #: workers (remote nodes do not inherit the driver's environment)
 FORWARDED_ENV_VARS = ("MUJOCO_GL", "PYOPENGL_PLATFORM", "LIBERO_CONFIG_PATH", "OMP_NUM_THREADS")
-_ID_SHIFT = 40  # group ids of stream s start at s << 40 (GroupCollector's worker offset)
 
 
 class RayWorkerError(RuntimeError):
@@ -138,20 +137,16 @@ class RemoteGroupCollector(GroupCollector):
         keep_in_flight: bool = True,
         **kwargs,
     ) -> None:
-        super().__init__(create_env_fn, policy, seed=seed, worker_idx=worker_idx,
-                         keep_in_flight=keep_in_flight, **kwargs)
-        stream = int(stream_index if stream_index is not None else (worker_idx or 0))
-        self.stream_index = stream
-        if seed is not None:
-            self._generator.manual_seed(seed + stream)
-        self._id_offset = stream << _ID_SHIFT
+        # the learner's weight updates are the versions (several reports per update)
+        super().__init__(create_env_fn, policy, seed=seed, worker_idx=worker_idx, stream_index=stream_index,
+                         keep_in_flight=keep_in_flight, auto_version=False, **kwargs)
         self._policy_version = 0
         if keys:
             self.set_keys(**keys)
 
     def set_policy_version(self, version: int) -> int:
         """The version of the weights the next rollouts run with (the learner calls it)."""
-        self._policy_version = int(version)
+        self._policy_version = self.weights_version = int(version)
         return self._policy_version
 
     def get_policy_version(self) -> int:
@@ -164,14 +159,6 @@ class RemoteGroupCollector(GroupCollector):
     def apply_keys(self, **kwargs) -> None:
         """:meth:`set_keys` for a remote call (returns nothing to send back)."""
         self.set_keys(**kwargs)
-
-    def rollout(self) -> TensorDictBase | None:
-        # GroupCollector counts its own batches as versions; here the learner's
-        # weight updates are the versions (several reports per update)
-        self.weights_version = self._policy_version
-        batch = super().rollout()
-        self.weights_version = self._policy_version
-        return batch
 
     def collect(self) -> tuple[TensorDictBase | None, dict, int]:
         """One report: the next batch of informative groups, its stats and the policy version."""

@@ -144,6 +144,15 @@ class GroupCollector(Collector):
         observation_keys (list of keys, optional): the policy inputs to store
             (default: the policy's ``in_keys`` minus the instruction).
         seed (int, optional): seed of the context draws.
+        stream_index (int, optional): which of several collectors this is
+            (default: TorchRL's ``worker_idx``, else 0): its context draws are
+            seeded ``seed + stream_index`` and its group/trajectory ids live in
+            their own range (``stream_index << 40``), so collectors of one run
+            never share ids.
+        auto_version (bool): count ``weights_version`` up after every batch
+            (the in-process trainer updates the weights between batches).
+            ``False``: the owner sets ``weights_version`` itself (e.g. a Ray
+            worker, from the learner's update count). Defaults to True.
 
     Examples:
         >>> import torch
@@ -211,6 +220,8 @@ class GroupCollector(Collector):
         exploration_type: ExplorationType = ExplorationType.RANDOM,
         observation_keys: list[NestedKey] | None = None,
         seed: int | None = None,
+        stream_index: int | None = None,
+        auto_version: bool = True,
         worker_idx: int | None = None,
         frames_per_batch: int | None = None,
         create_env_kwargs: dict | None = None,
@@ -257,14 +268,19 @@ class GroupCollector(Collector):
             if replay_buffer is not None  # an empty buffer is falsy
             else make_ript_replay_buffer(self.batch_trajs, self.group_size, dynamic_sampling=self.dynamic_sampling)
         )
+        stream = int(stream_index if stream_index is not None else (worker_idx or 0))
+        if stream < 0:
+            raise ValueError(f"stream_index must be >= 0, got {stream_index}.")
+        self.stream_index = stream
+        self.auto_version = bool(auto_version)
         self._generator = torch.Generator()
         if seed is not None:
-            # workers of a multi-process collector draw different contexts
-            self._generator.manual_seed(seed + (worker_idx or 0))
+            # collectors of one run (multi-process or Ray workers) draw different contexts
+            self._generator.manual_seed(seed + stream)
         self._tensor_keys = self._AcceptedKeys()
         self._observation_keys = observation_keys
-        # group and trajectory ids stay unique across workers of a multi-process collector
-        self._id_offset = 0 if worker_idx is None else int(worker_idx) << 40
+        # group and trajectory ids stay unique across the collectors of one run
+        self._id_offset = stream << 40
         self._next_group = 0
         self._groups: dict[int, _Group] = {}
         self._order: deque[int] = deque()  # unreleased group ids, in draw order
@@ -474,7 +490,8 @@ class GroupCollector(Collector):
         stats.rollouts_kept = written
         stats.wall_s = time.perf_counter() - start
         self.last_stats = stats
-        self.weights_version += 1
+        if self.auto_version:
+            self.weights_version += 1
         self.trajectories_collected += written
         if self._user_rb:
             return None
