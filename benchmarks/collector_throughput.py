@@ -698,9 +698,16 @@ def parse(argv=None):
                         "so AsyncEnvPool uses its shared-memory exchange (an engine experiment, not a default)")
     p.add_argument("--growth", action="store_true", help="sweep K, B, horizon and slots")
     p.add_argument("--in-flight", action="store_true", help="keep_in_flight off/on at K=8, B=32/64")
+    p.add_argument("--in-flight-slots", type=int, nargs="*", default=None,
+                   help="slot counts of the --in-flight sweep (default: --slots)")
+    p.add_argument("--sweeps-only", action="store_true", help="only --growth / --in-flight / --profile")
     p.add_argument("--profile", action="store_true", help="cProfile GroupCollector's main process")
     p.add_argument("--quick", action="store_true", help="tiny images, short horizons, one round (< 2 min)")
     p.add_argument("--out", default=None, help="JSON output (default results/collector_throughput[_libero].json)")
+    if "--quick" in (sys.argv[1:] if argv is None else argv):
+        # the quick workload; options given on the command line still win
+        p.set_defaults(image_size=32, horizon=6, chunk=4, k=2, contexts=2, policy="tiny", rounds=1, measure_s=2.5,
+                       min_batches=2, limit_s=2.0, oversubscribe=[2])
     args = p.parse_args(argv)
     libero = args.env == "libero"
     if args.cameras is None:
@@ -713,11 +720,6 @@ def parse(argv=None):
         args.horizon = 12 if libero else 25
     if args.oversubscribe is None:
         args.oversubscribe = [2] if libero else [2, 3]
-    if args.quick:
-        args.image_size, args.horizon, args.chunk = 32, 6, 4
-        args.k, args.contexts, args.policy = 2, 2, "tiny"
-        args.rounds, args.measure_s, args.min_batches, args.limit_s = 1, 2.5, 2, 2.0
-        args.oversubscribe = args.oversubscribe[:1]
     if args.out is None:
         args.out = os.path.join(RESULTS, "collector_throughput" + ("_libero" if libero else "")
                                 + ("_quick" if args.quick else "") + ".json")
@@ -770,7 +772,7 @@ def run_paths(args, policy_params: int) -> tuple[dict, list[dict]]:
             runs[name].append(this[name])
             print(f"  round {r + 1}/{args.rounds} {name:<22} {this[name]['decisions_per_s']:8.1f} decisions/s "
                   f"(load {this[name]['load_avg']})", file=sys.stderr, flush=True)
-        if not args.quick:
+        if args.rounds > 1 or not args.quick:
             limits.append(measure_limit(args, n, args.limit_s, policy_params))
         this["limit"] = _mean_limit(limits)
         runs["limit"].append(this["limit"])
@@ -829,19 +831,22 @@ def growth_sweep(args) -> dict:
 def in_flight_sweep(args) -> list[dict]:
     """Waste with keep_in_flight off (rollouts simulated then dropped) vs on, at K=8, B=32/64."""
     rows = []
-    for b in (32, 64):
-        for keep in (False, True):
-            r = measure_group(args, args.slots, name="in_flight", k=8, contexts_n=b // 8, keep_in_flight=keep,
-                              measure_s=0.0, min_batches=3)
-            rows.append(dict(
-                k=8, trajs_per_batch=b, slots=args.slots, keep_in_flight=keep, batches=r["batches"],
-                discarded_per_batch=r["rollouts_discarded"] / r["batches"], carried_per_batch=r["rollouts_carried"],
-                simulated_decisions=r["simulated_decisions"], delivered_decisions=r["decisions"],
-                wasted_fraction=1 - r["decisions"] / r["simulated_decisions"],
-                decisions_per_s=r["decisions_per_s"], wall_per_batch_s=r["wall_per_batch_s"],
-                max_staleness=r["max_staleness"], load_avg=r["load_avg"]))
-            print(f"  in-flight B={b} keep={keep}: {rows[-1]['discarded_per_batch']:.2f} discarded/batch, "
-                  f"{rows[-1]['decisions_per_s']:.1f} decisions/s", file=sys.stderr, flush=True)
+    for slots, b, keep in [(s, b, keep) for s in (args.in_flight_slots or [args.slots]) for b in (32, 64)
+                           for keep in (False, True)]:
+        r = measure_group(args, slots, name="in_flight", k=8, contexts_n=b // 8, keep_in_flight=keep,
+                          measure_s=0.0, min_batches=3)
+        rows.append(dict(
+            k=8, trajs_per_batch=b, slots=slots, keep_in_flight=keep, batches=r["batches"],
+            discarded_per_batch=r["rollouts_discarded"] / r["batches"],
+            carried_per_batch=statistics.mean(r["rollouts_carried"]),
+            simulated_decisions=r["simulated_decisions"], delivered_decisions=r["decisions"],
+            # without carry-over every simulated decision is delivered or dropped within its batch;
+            # with it, work crosses batch boundaries and the waste is the discarded (stale) rollouts
+            wasted_fraction=None if keep else 1 - r["decisions"] / r["simulated_decisions"],
+            decisions_per_s=r["decisions_per_s"], wall_per_batch_s=r["wall_per_batch_s"],
+            max_staleness=r["max_staleness"], load_avg=r["load_avg"]))
+        print(f"  in-flight B={b} keep={keep}: {rows[-1]['discarded_per_batch']:.2f} discarded/batch, "
+              f"{rows[-1]['decisions_per_s']:.1f} decisions/s", file=sys.stderr, flush=True)
     return rows
 
 
@@ -851,6 +856,50 @@ def _row(name, r, limit):
     return (f"{name:<22}{r['slots']:>6}{r['decisions_per_s']:>10.1f}{'':>2}[{lo:6.1f}-{hi:6.1f}]"
             f"{r['env_steps_per_s']:>10.1f}{r['rollouts_per_s']:>9.2f}{r['decisions_per_s'] / limit:>7.2f}"
             f"{r['cpu_ms_per_decision']:>9.1f}   {min(min(x) for x in load):.1f}-{max(max(x) for x in load):.1f}")
+
+
+def compare(args, policy_params: int) -> tuple[dict, list[str]]:
+    """Every path on the workload, in rounds; the JSON fields and the table lines."""
+    paths, rounds = run_paths(args, policy_params)
+    ratios = _ratios(paths)
+    round_ratios = []
+    for this in rounds:
+        stock = max(this[p]["decisions_per_s"] for p in STOCK_PATHS if p in this)
+        g = this["group"]["decisions_per_s"]
+        round_ratios.append(dict(group_vs_limit=g / this["limit"]["decisions_per_s"], group_vs_stock=g / stock,
+                                 group_vs_async_batched=g / this["async_batched"]["decisions_per_s"]))
+    group, limit = paths["group"], paths["limit"]
+    lim_ms = limit["per_decision_ms"]
+    breakdown = dict(group["time_breakdown"])
+    # worker-side estimate from the limit's per-decision split (spread over the slots)
+    breakdown["sim_worker_s_est"] = group["simulated_decisions"] * lim_ms["sim"] / 1e3 / group["slots"]
+    breakdown["render_worker_s_est"] = group["simulated_decisions"] * lim_ms["render"] / 1e3 / group["slots"]
+    cpu = group["cpu"]
+    breakdown["worker_busy_fraction"] = cpu["children_cpu_s"] / (cpu["wall_s"] * group["slots"])
+    breakdown["main_cpu_fraction"] = cpu["main_cpu_s"] / cpu["wall_s"]
+    lcpu = limit["cpu"]
+    breakdown["limit_worker_busy_fraction"] = lcpu["children_cpu_s"] / (lcpu["wall_s"] * limit["slots"])
+    fields = dict(
+        env_steps_per_s=group["env_steps_per_s"], decisions_per_s=group["decisions_per_s"],
+        rollouts_per_s=group["rollouts_per_s"], **ratios, round_ratios=round_ratios,
+        paths={name: {k: v for k, v in r.items() if k != "profile"} for name, r in paths.items()},
+        bytes_per_rollout={p: paths[p]["bytes_per_rollout"] for p in paths if "bytes_per_rollout" in paths[p]},
+        peak_rss_mb={p: dict(main=paths[p].get("main_peak_rss_mb"), worker=paths[p].get("worker_peak_rss_mb"))
+                     for p in paths},
+        group_time_breakdown=breakdown,
+    )
+    lim = limit["decisions_per_s"]
+    lines = [f"{'path':<22}{'slots':>6}{'dec/s':>10}{'  [rounds range]':>17}{'env st/s':>10}{'roll/s':>9}"
+             f"{'/limit':>7}{'cpu ms/d':>9}   load"]
+    for name in ["limit", *[p for p in STOCK_PATHS if p in paths], "sequential", "group", "group_lockstep",
+                 "group_keep", *[f"group_slots_x{m}_keep" for m in args.oversubscribe], "group_shm"]:
+        if name in paths:
+            lines.append(_row(name, paths[name], lim))
+    lines.append("  ".join(f"{k} {v:.2f}" for k, v in ratios.items() if isinstance(v, float))
+                 + f"  (best stock: {ratios['best_stock_path']})")
+    lines.append("group time (s): " + ", ".join(f"{k} {v:.2f}" for k, v in breakdown.items()))
+    lines.append("bytes/rollout: " + ", ".join(f"{p} {v / 1e6:.2f} MB" for p, v in fields["bytes_per_rollout"].items()))
+    return fields, lines
 
 
 def main(argv=None) -> dict:
@@ -864,32 +913,12 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     load_start = _load()
     policy_params = n_params(make_policy(args))
-    paths, rounds = run_paths(args, policy_params)
-    ratios = _ratios(paths)
-    round_ratios = []
-    for this in rounds:
-        stock = max(this[p]["decisions_per_s"] for p in STOCK_PATHS if p in this)
-        g = this["group"]["decisions_per_s"]
-        round_ratios.append(dict(group_vs_limit=g / this["limit"]["decisions_per_s"], group_vs_stock=g / stock,
-                                 group_vs_async_batched=g / this["async_batched"]["decisions_per_s"]))
+    fields, lines = ({}, []) if args.sweeps_only else compare(args, policy_params)
     growth = growth_sweep(args) if args.growth else None
     in_flight = in_flight_sweep(args) if args.in_flight else None
     profile = None
     if args.profile:
         profile = measure_group(args, args.slots, name="group_profiled", profile=True)["profile"]
-
-    group, limit = paths["group"], paths["limit"]
-    lim_ms = limit["per_decision_ms"]
-    simulated = group["simulated_decisions"]
-    breakdown = dict(group["time_breakdown"])
-    # worker-side estimate from the limit's per-decision split (spread over the slots)
-    breakdown["sim_worker_s_est"] = simulated * lim_ms["sim"] / 1e3 / group["slots"]
-    breakdown["render_worker_s_est"] = simulated * lim_ms["render"] / 1e3 / group["slots"]
-    cpu = group["cpu"]
-    breakdown["worker_busy_fraction"] = cpu["children_cpu_s"] / (cpu["wall_s"] * group["slots"])
-    breakdown["main_cpu_fraction"] = cpu["main_cpu_s"] / cpu["wall_s"]
-    lcpu = limit["cpu"]
-    breakdown["limit_worker_busy_fraction"] = lcpu["children_cpu_s"] / (lcpu["wall_s"] * limit["slots"])
     load_end = _load()
     result = dict(
         benchmark="collector_throughput", env=args.env,
@@ -897,34 +926,21 @@ def main(argv=None) -> dict:
                     k=args.k, contexts=args.contexts, horizon=args.horizon, chunk=args.chunk, policy=args.policy,
                     policy_params=policy_params, slots=args.slots, oversubscribe=args.oversubscribe,
                     rounds=args.rounds, measure_s=args.measure_s, quick=args.quick,
-                    torch_threads=torch.get_num_threads(), start_method=START_METHOD),
+                    torch_threads=torch.get_num_threads(), start_method=START_METHOD,
+                    command=" ".join(["python", "benchmarks/collector_throughput.py", *(sys.argv[1:] if argv is None
+                                                                                       else argv)])),
         machine=dict(cpus=os.cpu_count(), platform=platform.platform()),
         load_avg=dict(start=load_start, end=load_end),
-        env_steps_per_s=group["env_steps_per_s"], decisions_per_s=group["decisions_per_s"],
-        rollouts_per_s=group["rollouts_per_s"], **ratios, round_ratios=round_ratios,
-        paths={name: {k: v for k, v in r.items() if k != "profile"} for name, r in paths.items()},
-        bytes_per_rollout={p: paths[p]["bytes_per_rollout"] for p in paths if "bytes_per_rollout" in paths[p]},
-        peak_rss_mb={p: dict(main=paths[p].get("main_peak_rss_mb"), worker=paths[p].get("worker_peak_rss_mb"))
-                     for p in paths},
-        group_time_breakdown=breakdown, growth=growth, in_flight=in_flight,
+        **fields, growth=growth, in_flight=in_flight, profile=profile,
         total_wall_s=time.perf_counter() - t_start,
     )
 
-    lim = limit["decisions_per_s"]
     print(f"workload: {args.env} {task_name(args)}, {len(args.cameras)} cam x {args.image_size}px, K={args.k}, "
           f"{args.contexts} contexts/batch, horizon {args.horizon} x chunk {args.chunk}, policy {args.policy} "
           f"({policy_params} params), {args.slots} slots, {args.rounds} round(s) x {args.measure_s:g} s; "
           f"load {load_start} -> {load_end}")
-    print(f"{'path':<22}{'slots':>6}{'dec/s':>10}{'  [rounds range]':>17}{'env st/s':>10}{'roll/s':>9}"
-          f"{'/limit':>7}{'cpu ms/d':>9}   load")
-    for name in ["limit", *[p for p in STOCK_PATHS if p in paths], "sequential", "group", "group_lockstep",
-                 "group_keep", *[f"group_slots_x{m}_keep" for m in args.oversubscribe], "group_shm"]:
-        if name in paths:
-            print(_row(name, paths[name], lim))
-    print("  ".join(f"{k} {v:.2f}" for k, v in ratios.items() if isinstance(v, float)) + f"  (best stock: "
-          f"{ratios['best_stock_path']})")
-    print("group time (s): " + ", ".join(f"{k} {v:.2f}" for k, v in breakdown.items()))
-    print(f"bytes/rollout: " + ", ".join(f"{p} {v / 1e6:.2f} MB" for p, v in result["bytes_per_rollout"].items()))
+    for line in lines:
+        print(line)
     if growth:
         for g in growth["rows"]:
             print(f"growth {g['vary']:<9} K={g['k']} B={g['trajs_per_batch']} T={g['horizon']} slots={g['slots']}: "
@@ -933,9 +949,11 @@ def main(argv=None) -> dict:
         print(f"memory per stored rollout: {growth['stored_mb_per_rollout']:.2f} MB stored, "
               f"{growth['main_peak_rss_mb_per_rollout']:.2f} MB main peak RSS (slope over B)")
     for row in in_flight or []:
-        print(f"in-flight K=8 B={row['trajs_per_batch']} keep={row['keep_in_flight']}: "
-              f"{row['discarded_per_batch']:.2f} discarded/batch, wasted {100 * row['wasted_fraction']:.1f}% "
-              f"of simulated decisions, {row['decisions_per_s']:.1f} dec/s, staleness {row['max_staleness']}")
+        print(f"in-flight K=8 B={row['trajs_per_batch']} slots={row['slots']} keep={row['keep_in_flight']}: "
+              f"{row['discarded_per_batch']:.2f} discarded/batch, {row['carried_per_batch']:.2f} carried/batch, "
+              + (f"wasted {100 * row['wasted_fraction']:.1f}% of simulated decisions, "
+                 if row["wasted_fraction"] is not None else "")
+              + f"{row['decisions_per_s']:.1f} dec/s, staleness {row['max_staleness']}")
     if profile:
         print(profile)
     if args.out:
