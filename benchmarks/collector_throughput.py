@@ -328,6 +328,7 @@ def _limit_worker(args, duration: float, barrier, queue) -> None:
         from torchrl_ript.envs.metaworld import _ROTATED_CAMERAS, _context_reset, rand_vec_dim, sample_rand_vecs
 
         raw, renderer = env._sim(0)
+        shapes = {}
         vec = sample_rand_vecs(args.task, 1, seed=0)[0][: rand_vec_dim(args.task)]
 
         def render():
@@ -336,7 +337,7 @@ def _limit_worker(args, duration: float, barrier, queue) -> None:
                 img = renderer.render()
                 if cam in _ROTATED_CAMERAS:
                     img = img[::-1, ::-1]
-                np.ascontiguousarray(img.transpose(2, 0, 1))
+                shapes[cam] = list(np.ascontiguousarray(img.transpose(2, 0, 1)).shape)
 
         def reset():
             _context_reset(raw, vec)
@@ -365,9 +366,10 @@ def _limit_worker(args, duration: float, barrier, queue) -> None:
             render_s += time.perf_counter() - t1
         rollouts += 1
     wall = time.perf_counter() - start
-    image = None
     if args.env == "libero":
         image = [list(env._read_image(env._observe()[f"{c}_image"]).shape) for c in sim.env.camera_names]
+    else:
+        image = [shapes[c] for c in args.cameras]
     queue.put(dict(wall_s=wall, cpu_s=time.process_time() - cpu0, sim_s=sim_s, render_s=render_s,
                    reset_s=reset_s, rollouts=rollouts, decisions=rollouts * args.horizon,
                    peak_rss=_vm("self", "VmHWM"), images=image))
@@ -389,10 +391,7 @@ def measure_limit(args, n: int, duration: float, policy_params: int) -> dict:
     wall = statistics.mean(r["wall_s"] for r in results)
     per_decision = {k[:-2]: 1e3 * sum(r[k] for r in results) / decisions for k in ("sim_s", "render_s", "reset_s")}
     dims = ENV_DIMS[args.env]
-    if args.env == "libero":
-        images = {"/".join(k): s for k, s in zip(IMAGE_KEYS, results[0]["images"])}
-    else:
-        images = {"/".join(k): [3, args.image_size, args.image_size] for k in IMAGE_KEYS[: len(args.cameras)]}
+    images = {"/".join(k): s for k, s in zip(IMAGE_KEYS, results[0]["images"])}  # rendered, as read back
     workload = dict(env=args.env, task=task_name(args), images=images, action_shape=[args.chunk, dims["action"]],
                     state_dim=dims["state"], horizon=args.horizon, policy_params=policy_params)
     # the sum of per-process rates (each ran ~duration s at the same time)
