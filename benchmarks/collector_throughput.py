@@ -605,6 +605,7 @@ def measure_group(args, slots: int, *, name: str = "group", lockstep: bool = Fal
     policy = make_policy(args)
     contexts = make_contexts(args, 64)
     _reset_peak_rss()
+    rss_start = _vm("self", "VmRSS") / 2**20
     maker = partial(_without_instruction, env_fn(args)) if drop_instruction else env_fn(args)
     pool = AsyncEnvPool([maker] * slots, backend="multiprocessing", exchange="auto")
     collector = GroupCollector(
@@ -656,7 +657,7 @@ def measure_group(args, slots: int, *, name: str = "group", lockstep: bool = Fal
         rollouts_carried=[s.rollouts_carried for s in stats], max_staleness=max(s.max_staleness for s in stats),
         time_breakdown=dict(stats_wall_s=stats_wall, **times, other_s=stats_wall - sum(times.values())),
         bytes_per_rollout=last.bytes() / last.numel(), batch_bytes=last.bytes(),
-        main_peak_rss_mb=main_rss, worker_peak_rss_mb=worker_rss,
+        main_peak_rss_mb=main_rss, main_rss_start_mb=rss_start, worker_peak_rss_mb=worker_rss,
     )
     if prof:
         s = io.StringIO()
@@ -759,6 +760,10 @@ def run_paths(args, policy_params: int) -> tuple[dict, list[dict]]:
         plan.append((name, lambda m=m, name=name: measure_group(args, m * n, name=name, keep_in_flight=True)))
     if args.shm_experiment:
         plan.append(("group_shm", lambda: measure_group(args, n, name="group_shm", drop_instruction=True)))
+        for m in args.oversubscribe:
+            name = f"group_shm_slots_x{m}_keep"
+            plan.append((name, lambda m=m, name=name: measure_group(args, m * n, name=name, keep_in_flight=True,
+                                                                    drop_instruction=True)))
     runs: dict[str, list[dict]] = {name: [] for name, _ in plan}
     runs["limit"] = []
     rounds = []
@@ -796,6 +801,18 @@ def _ratios(paths: dict) -> dict:
     return out
 
 
+def _growth_child(args, cfg: dict, queue) -> None:
+    try:
+        mp.set_forkserver_preload(PRELOAD)
+        mp.set_start_method(START_METHOD, force=True)
+        torch.set_num_threads(args.policy_threads)
+        r = measure_group(args, cfg["slots"], name="growth", k=cfg["k"], contexts_n=cfg["contexts"],
+                          horizon=cfg["horizon"], measure_s=0.0, min_batches=2)
+        queue.put(r)
+    except Exception as err:  # reported by the parent
+        queue.put(f"{type(err).__name__}: {err}")
+
+
 def growth_sweep(args) -> dict:
     """How a GroupCollector batch's time and memory grow with K, B, horizon and slots."""
     n = args.slots
@@ -806,18 +823,29 @@ def growth_sweep(args) -> dict:
     for vary, values in sweeps.items():
         for v in values:
             cfg = {**base, vary: v}
-            r = measure_group(args, cfg["slots"], name="growth", k=cfg["k"], contexts_n=cfg["contexts"],
-                              horizon=cfg["horizon"], measure_s=0.0, min_batches=2)
+            # a fresh process per configuration: its peak RSS is this configuration's
+            # alone (memory freed by an earlier one stays in this process's allocator)
+            ctx = mp.get_context("spawn")
+            queue = ctx.Queue()
+            child = ctx.Process(target=_growth_child, args=(args, cfg, queue))
+            child.start()
+            r = queue.get()
+            child.join()
+            if isinstance(r, str):
+                raise RuntimeError(f"growth configuration {cfg} failed: {r}")
             row = dict(vary=vary, **cfg, trajs_per_batch=cfg["k"] * cfg["contexts"],
                        wall_per_batch_s=r["wall_per_batch_s"], decisions_per_s=r["decisions_per_s"],
                        decisions_per_batch=r["decisions"] / r["batches"], bytes_per_rollout=r["bytes_per_rollout"],
                        batch_mb=r["batch_bytes"] / 2**20, main_peak_rss_mb=r["main_peak_rss_mb"],
+                       main_rss_start_mb=r["main_rss_start_mb"],
+                       main_peak_growth_mb=r["main_peak_rss_mb"] - r["main_rss_start_mb"],
                        worker_peak_rss_mb=r["worker_peak_rss_mb"], load_avg=r["load_avg"])
             rows.append(row)
-            print(f"  growth {vary}={v}: {row['wall_per_batch_s']:.2f} s/batch, main peak {row['main_peak_rss_mb']:.0f} MB",
-                  file=sys.stderr, flush=True)
-    # memory per stored rollout: least-squares slope of the main process's peak RSS over B
-    pts = [(r["trajs_per_batch"], r["main_peak_rss_mb"]) for r in rows if r["vary"] in ("k", "contexts")]
+            print(f"  growth {vary}={v}: {row['wall_per_batch_s']:.2f} s/batch, main peak {row['main_peak_rss_mb']:.0f} MB "
+                  f"(+{row['main_peak_growth_mb']:.0f})", file=sys.stderr, flush=True)
+    # memory per stored rollout: least-squares slope over B of the main process's peak RSS
+    # above its RSS when the collector was built
+    pts = [(r["trajs_per_batch"], r["main_peak_growth_mb"]) for r in rows if r["vary"] in ("k", "contexts")]
     mx = statistics.mean(x for x, _ in pts)
     my = statistics.mean(y for _, y in pts)
     sxx = sum((x - mx) ** 2 for x, _ in pts)
@@ -891,7 +919,8 @@ def compare(args, policy_params: int) -> tuple[dict, list[str]]:
     lines = [f"{'path':<22}{'slots':>6}{'dec/s':>10}{'  [rounds range]':>17}{'env st/s':>10}{'roll/s':>9}"
              f"{'/limit':>7}{'cpu ms/d':>9}   load"]
     for name in ["limit", *[p for p in STOCK_PATHS if p in paths], "sequential", "group", "group_lockstep",
-                 "group_keep", *[f"group_slots_x{m}_keep" for m in args.oversubscribe], "group_shm"]:
+                 "group_keep", *[f"group_slots_x{m}_keep" for m in args.oversubscribe], "group_shm",
+                 *[f"group_shm_slots_x{m}_keep" for m in args.oversubscribe]]:
         if name in paths:
             lines.append(_row(name, paths[name], lim))
     lines.append("  ".join(f"{k} {v:.2f}" for k, v in ratios.items() if isinstance(v, float))
@@ -944,9 +973,10 @@ def main(argv=None) -> dict:
         for g in growth["rows"]:
             print(f"growth {g['vary']:<9} K={g['k']} B={g['trajs_per_batch']} T={g['horizon']} slots={g['slots']}: "
                   f"{g['wall_per_batch_s']:.2f} s/batch, {g['decisions_per_s']:.1f} dec/s, main peak "
-                  f"{g['main_peak_rss_mb']:.0f} MB, worker peak {g['worker_peak_rss_mb']:.0f} MB")
+                  f"{g['main_peak_rss_mb']:.0f} MB (+{g['main_peak_growth_mb']:.0f}), worker peak "
+                  f"{g['worker_peak_rss_mb']:.0f} MB")
         print(f"memory per stored rollout: {growth['stored_mb_per_rollout']:.2f} MB stored, "
-              f"{growth['main_peak_rss_mb_per_rollout']:.2f} MB main peak RSS (slope over B)")
+              f"{growth['main_peak_rss_mb_per_rollout']:.2f} MB of the main process's peak RSS (slope over B)")
     for row in in_flight or []:
         print(f"in-flight K=8 B={row['trajs_per_batch']} slots={row['slots']} keep={row['keep_in_flight']}: "
               f"{row['discarded_per_batch']:.2f} discarded/batch, {row['carried_per_batch']:.2f} carried/batch, "
