@@ -92,7 +92,10 @@ def as_env_pool(env: EnvBase) -> AsyncEnvPool:
 
     A pool is returned as it is. A ``ParallelEnv`` becomes a multiprocessing
     pool, a ``SerialEnv`` a threading pool, over the same env makers and
-    keyword arguments (the batched env itself is never started).
+    keyword arguments (the batched env itself is never started). Threads
+    suit envs without thread-bound resources; rendering envs (a MuJoCo EGL
+    context belongs to the thread that made it) need worker processes: use a
+    ``ParallelEnv`` or ``AsyncEnvPool(..., backend="multiprocessing")``.
 
     Examples:
         >>> from torchrl.envs import SerialEnv

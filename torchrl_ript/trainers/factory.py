@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tensordict.nn import TensorDictModuleBase
-from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
+from torchrl.envs import AsyncEnvPool, EnvBase
 from torchrl.envs.utils import ExplorationType
 from torchrl.record.loggers import Logger, get_logger
 
@@ -25,11 +25,21 @@ from torchrl_ript.trainers.ript import RIPTTrainer
 __all__ = ["make_batched_env", "make_logger", "make_ript_trainer"]
 
 
-def make_batched_env(env_fn: Callable[[], EnvBase], num_envs: int, *, parallel: bool = True) -> EnvBase:
-    """``ParallelEnv`` (spawned workers: GL contexts do not survive fork) or ``SerialEnv``."""
-    if parallel and num_envs > 1:
-        return ParallelEnv(num_envs, env_fn, mp_start_method="spawn")
-    return SerialEnv(num_envs, env_fn)
+def make_batched_env(env_fn: Callable[[], EnvBase], num_envs: int, *, parallel: bool = True) -> AsyncEnvPool:
+    """The env slots rollouts and evaluations run on: TorchRL's :class:`~torchrl.envs.AsyncEnvPool`.
+
+    ``num_envs`` worker processes (TorchRL starts them with ``spawn``: GL
+    contexts do not survive a fork), or, with ``parallel=False``, threads of
+    this process: only for envs without thread-bound resources (a MuJoCo EGL
+    context must stay in the thread that made it, so rendering envs need
+    processes). One pool can serve the collector and the evaluations in turn
+    (each run leaves it idle).
+    """
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}.")
+    if parallel:
+        return AsyncEnvPool([env_fn] * num_envs, backend="multiprocessing", exchange="auto")
+    return AsyncEnvPool([env_fn] * num_envs, backend="threading")
 
 
 def make_logger(kind: str, log_dir: str | Path, name: str, **kwargs) -> Logger | None:

@@ -1,4 +1,11 @@
-"""The RIPT-VLA training loop (Algorithm 1 of the paper)."""
+"""The RIPT-VLA training loop (Algorithm 1 of the paper).
+
+Why not :class:`torchrl.trainers.Trainer` with hooks: one RIPT step is
+"collect B trajectories, N epochs of shuffled minibatches over them, then
+evaluate and checkpoint with every RNG and the collector's context stream";
+expressing that through Trainer's per-batch hooks took more code than this
+loop, while logging goes through TorchRL's own loggers.
+"""
 from __future__ import annotations
 
 import json

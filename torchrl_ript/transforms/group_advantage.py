@@ -11,6 +11,12 @@ no advantage yet. The filter then judges groups by their rewards (a group's
 leave-one-out advantages are all zero exactly when its rewards are all
 equal), queueing partial groups the same way; the advantage transform then
 receives only complete, informative groups. Either order writes the same rows.
+
+Why not TorchRL's :class:`~torchrl.objectives.llm.MCAdvantage`, which queues
+groups the same way: it writes group-*normalised* advantages
+(``(R_i - mean) / std``, GRPO) on per-step rows, while RIPT's Eq. 5 is the
+unnormalised leave-one-out ``R_k - mean_{j != k} R_j`` on trajectory rows,
+and its dynamic sampling must report which groups it dropped and why.
 """
 from __future__ import annotations
 
