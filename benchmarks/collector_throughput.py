@@ -1,40 +1,67 @@
-"""Rollout-collection throughput: GroupCollector vs the simulator limit, TorchRL's
-stock collector and a RIPT-style sequential loop, on one workload.
+"""Rollout-collection throughput: GroupCollector vs the simulator limit and TorchRL's own collectors.
 
-Workload (all four paths run it in the same process run): ``MetaWorldEnv``
-(one task, ``--cameras`` rendered at ``--image-size`` once per decision,
-``--chunk`` raw physics steps per decision, ``--horizon`` decisions per
-rollout), a small conv+MLP policy with a Laplace head
-(:func:`torchrl_ript.make_continuous_actor`, ``--policy tiny|small``), and
-``--workers`` env processes (``ParallelEnv``, spawn).
+Every path runs the same workload in the same process run (its ``workload``
+entry in the JSON is read back from the envs, policy and data it used):
 
-Paths:
+- ``--env metaworld``: ``MetaWorldEnv`` (one task, ``--cameras`` rendered at
+  ``--image-size`` once per decision, ``--chunk`` raw physics steps per
+  decision, ``--horizon`` decisions per rollout);
+- ``--env libero``: ``LiberoContextEnv`` (a LIBERO task, agentview +
+  eye-in-hand at ``--image-size``, fast rendering and stepping,
+  ``--chunk`` low-level actions per decision); TorchRL's own
+  ``LiberoEnv(group_repeats=K)`` runs the same task, cameras, chunk (through
+  TorchRL's ``MultiAction`` transform) and time limit as a stock path;
 
-- ``limit``: the simulator alone, no policy, no TorchRL: each of N spawned
-  processes runs raw MetaWorld physics + MuJoCo rendering at decision steps
-  (and a context reset per rollout), all N at the same time; the limit is the
-  sum of their rates (``limit_single_x_n`` = one process alone x N is
-  reported too);
-- ``stock``: ``ParallelEnv(N)`` + ``torchrl.collectors.Collector`` with the
-  same policy and envs, resets without contexts (as a stock user would);
-- ``sequential``: the official RIPT code's loop: per context, a
-  ``ParallelEnv`` of K envs is reset to the context, stepped with one policy
-  call per step until *all* K rollouts are done, then the next context;
-- ``group``: :class:`~torchrl_ript.GroupCollector` over ``ParallelEnv(N)``
-  (K rollouts per context, ``--contexts`` contexts per batch, no dynamic
-  sampling so every batch has the same size).
+and the same policy: a small conv encoder + MLP with a Laplace head over the
+action chunk (:func:`torchrl_ript.make_continuous_actor`, ``--policy
+tiny|small``, random weights: it never succeeds, so every rollout runs the
+full horizon).
 
-Rates: ``decisions/s`` (TorchRL ``env.step`` calls, one per decision, summed
-over envs), ``env_steps/s`` = decisions x chunk (raw simulator steps; exact
-unless a rollout succeeds mid-chunk, which a random policy essentially never
-does), ``rollouts/s``.
+Paths (``--slots`` env processes each unless said otherwise):
+
+- ``limit``: the simulator alone: N processes step physics, evaluate the task
+  and render the cameras once per decision (a context reset per rollout), no
+  policy, no TorchRL, all at once; the limit is the sum of their rates,
+  measured at the start and the end of each round and averaged;
+- ``collector``: TorchRL's ``ParallelEnv(N)`` + ``Collector`` over the
+  workload's env (plain resets, as a stock user would);
+- ``collector_libero_env`` (LIBERO only): TorchRL's
+  ``LiberoEnv(group_repeats=K)`` + ``MultiAction`` in each ``ParallelEnv``
+  worker + ``Collector``: TorchRL's own grouped LIBERO path;
+- ``async_batched``: TorchRL's ``AsyncBatchedCollector`` with the settings
+  its docs give for process-backed envs: multiprocessing env workers that
+  reach a dedicated inference process directly (the
+  ``ProcessSlotTransport`` that ``transport="auto"`` derives from one env's
+  ``fake_tensordict()`` and one policy pass; built here the same way only to
+  pass a ``forkserver`` context, which makes start-up cheap), a
+  ``policy_factory``, ``transition_chunk_size="auto"``;
+  ``async_batched_driver`` (``--driver``): the same with
+  ``transport="driver"`` (policy served from a thread of this process);
+- ``sequential``: the official RIPT loop: per context a ``ParallelEnv`` of K
+  envs reset to it, one policy call per step until *all* K are done;
+- ``group``: :class:`~torchrl_ript.GroupCollector` on an
+  ``AsyncEnvPool(N)`` (the default engine: no barrier), no dynamic sampling
+  (fixed work per batch); ``group_lockstep``: ``lockstep=True``;
+  ``group_slots_x2`` / ``_x3``: more env slots than ``--slots``
+  (over-subscription, ``--oversubscribe``).
+
+Rates: ``decisions/s`` (policy decisions = env ``step`` calls, summed over
+envs; for GroupCollector only the decisions of the trajectories it
+*delivered*: rollouts it simulated and dropped do not count),
+``env_steps/s`` (raw simulator steps, as counted by the env), ``rollouts/s``.
+Each path is measured for ``--measure-s`` seconds (whole batches, at least
+two) after a warm-up batch, in ``--rounds`` rounds whose path order rotates;
+a path's figure is its median over the rounds and the ratios are those of
+the medians (the per-round ratios give the spread).
 
 Usage::
 
-    python benchmarks/collector_throughput.py --quick          # < 1 min
-    python benchmarks/collector_throughput.py                  # default workload
-    python benchmarks/collector_throughput.py --growth         # + K/contexts/horizon sweep
-    python benchmarks/collector_throughput.py --profile        # + cProfile of GroupCollector
+    python benchmarks/collector_throughput.py --quick             # < 2 min, MetaWorld
+    python benchmarks/collector_throughput.py                     # default MetaWorld workload
+    python benchmarks/collector_throughput.py --env libero        # LIBERO workload
+    python benchmarks/collector_throughput.py --growth            # + K / B / horizon / slots growth
+    python benchmarks/collector_throughput.py --in-flight         # + keep_in_flight waste (K=8, B=32/64)
+    python benchmarks/collector_throughput.py --profile           # + cProfile of GroupCollector
 
 Prints a table; the LAST stdout line is one JSON object (also written to
 ``--out``).
@@ -45,10 +72,12 @@ import argparse
 import cProfile
 import io
 import json
+import math
 import multiprocessing as mp
 import os
 import platform
 import pstats
+import statistics
 import sys
 import time
 from functools import partial
@@ -60,19 +89,25 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "collector_throughput.json")
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 POLICY_SIZES = {"tiny": dict(channels=8, hidden=64), "small": dict(channels=32, hidden=256)}
 IMAGE_KEYS = (("observation", "image"), ("observation", "wrist_image"))
+STATE_KEY = ("observation", "state")
+# Action and proprio sizes of each simulator (MetaWorld: xyz + gripper, hand
+# pos + gripper; LIBERO: OSC pose + gripper, 7 joints + 2 gripper qpos).
+ENV_DIMS = {"metaworld": dict(action=4, state=4), "libero": dict(action=7, state=9)}
 # forkserver: workers fork from a server that imported torch/torchrl/metaworld
-# once (no GL context in it), so starting N workers costs ~0.1 s instead of
-# N fresh interpreters importing everything (~5-15 s on a busy 2-core box).
-# Plain fork is unsafe once this process holds a GL context.
+# once (no GL context in it), so starting N workers costs ~0.1-1 s instead of
+# N fresh interpreters importing everything (~5-25 s on a busy 2-core box).
+# Plain fork is unsafe once this process holds a GL context. Start-up is
+# never inside a timed window; this only keeps the benchmark short.
 START_METHOD = "forkserver"
-PRELOAD = ["torch", "torchrl", "torchrl.envs", "tensordict", "torchrl_ript", "torchrl_ript.envs.metaworld",
-           "metaworld", "mujoco"]
+PRELOAD = ["torch", "torchrl", "torchrl.envs", "torchrl.collectors", "tensordict", "torchrl_ript",
+           "torchrl_ript.envs.metaworld", "metaworld", "mujoco"]
+STOCK_PATHS = ("collector", "collector_libero_env", "async_batched", "async_batched_driver")
 
 
-# -- memory -----------------------------------------------------------------------
+# -- machine ----------------------------------------------------------------------
 def _vm(pid: int | str, field: str) -> int:
     """A /proc/<pid>/status field in bytes (VmHWM = peak RSS, VmRSS = current)."""
     try:
@@ -93,134 +128,258 @@ def _reset_peak_rss() -> None:
         pass
 
 
-def _children_peak_rss() -> list[int]:
+def _children():
     import psutil
 
-    return [_vm(p.pid, "VmHWM") for p in psutil.Process().children(recursive=True)]
+    return psutil.Process().children(recursive=True)
 
 
-def _load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
+def _children_peak_rss_mb() -> float:
+    return max((_vm(p.pid, "VmHWM") for p in _children()), default=0) / 2**20
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+class CpuMeter:
+    """CPU seconds used by this process and its child processes over a window."""
+
+    def __init__(self):
+        import psutil
+
+        self._me = psutil.Process()
+        self._kids = {p.pid: p for p in _children()}
+        self._t0 = time.perf_counter()
+        self._main0 = self._cpu(self._me)
+        self._kids0 = {pid: self._cpu(p) for pid, p in self._kids.items()}
+
+    @staticmethod
+    def _cpu(p) -> float:
+        try:
+            t = p.cpu_times()
+            return t.user + t.system
+        except Exception:  # a process that exited
+            return float("nan")
+
+    def stop(self) -> dict:
+        wall = time.perf_counter() - self._t0
+        kids = [self._cpu(p) - self._kids0[pid] for pid, p in self._kids.items()]
+        kids = [k for k in kids if math.isfinite(k)]
+        return dict(wall_s=wall, main_cpu_s=self._cpu(self._me) - self._main0, children_cpu_s=sum(kids),
+                    busiest_child_cpu_s=max(kids, default=0.0))
 
 
 # -- workload ---------------------------------------------------------------------
 class ConvLaplaceNet(nn.Module):
     """Small conv encoder (per camera, shared) + MLP -> Laplace mean and scale of a chunk."""
 
-    def __init__(self, *, n_cameras: int, image_size: int, chunk: int, channels: int, hidden: int):
+    def __init__(self, *, n_cameras: int, chunk: int, action_dim: int, state_dim: int, channels: int,
+                 hidden: int):
         super().__init__()
         from torchrl_ript import ScaleHead
 
-        self.chunk = chunk
+        self.chunk, self.action_dim = chunk, action_dim
         self.encoder = nn.Sequential(
             nn.Conv2d(3, channels, 5, stride=2, padding=2), nn.ReLU(),
             nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(2 * channels, 2 * channels, 3, stride=2, padding=1), nn.ReLU(),
             nn.AdaptiveAvgPool2d(2), nn.Flatten(),
         )
-        features = n_cameras * 8 * channels + 4
+        features = n_cameras * 8 * channels + state_dim
         self.trunk = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-        self.mean = nn.Linear(hidden, chunk * 4)
-        self.scale = ScaleHead(hidden, (chunk, 4), hidden=hidden // 2, init_scale=0.3)
+        self.mean = nn.Linear(hidden, chunk * action_dim)
+        self.scale = ScaleHead(hidden, (chunk, action_dim), hidden=hidden // 2, init_scale=0.3)
 
     def forward(self, *inputs):
         *images, state = inputs
         feats = [self.encoder(img.float().div(255.0)) for img in images]
         h = self.trunk(torch.cat([*feats, state], -1))
-        return torch.tanh(self.mean(h)).unflatten(-1, (self.chunk, 4)), self.scale(h)
+        return torch.tanh(self.mean(h)).unflatten(-1, (self.chunk, self.action_dim)), self.scale(h)
 
 
 def make_policy(args):
+    """The workload's actor (seeded: every path gets the same weights)."""
     from torchrl_ript import make_continuous_actor
 
     torch.manual_seed(0)
+    dims = ENV_DIMS[args.env]
     n_cams = len(args.cameras)
-    net = ConvLaplaceNet(n_cameras=n_cams, image_size=args.image_size, chunk=args.chunk, **POLICY_SIZES[args.policy])
-    in_keys = [*IMAGE_KEYS[:n_cams], ("observation", "state")]
-    actor = make_continuous_actor(net, in_keys=in_keys, event_dims=2)
-    n_params = sum(p.numel() for p in net.parameters())
-    return actor, n_params
+    net = ConvLaplaceNet(n_cameras=n_cams, chunk=args.chunk, action_dim=dims["action"], state_dim=dims["state"],
+                         **POLICY_SIZES[args.policy])
+    return make_continuous_actor(net, in_keys=[*IMAGE_KEYS[:n_cams], STATE_KEY], event_dims=2)
 
 
-def env_fn(args, seed: int = 0):
+def n_params(policy) -> int:
+    return sum(p.numel() for p in policy.parameters())
+
+
+def env_fn(args):
+    """A picklable maker of the workload's env (the one GroupCollector and the stock paths use)."""
+    if args.env == "libero":
+        from torchrl_ript.envs.libero import LiberoContextEnv
+
+        return partial(LiberoContextEnv, args.suite, args.task_id, camera_size=args.image_size,
+                       wrist_camera=len(args.cameras) == 2, max_episode_steps=args.horizon * args.chunk,
+                       action_chunk=args.chunk, render_quality="fast", fast_step=True, seed=0)
     from torchrl_ript.envs.metaworld import MetaWorldEnv
 
-    return partial(
-        MetaWorldEnv,
-        task_names=[args.task],
-        camera_names=tuple(args.cameras),
-        image_size=args.image_size,
-        max_steps=args.horizon * args.chunk,
-        action_chunk=args.chunk,
-        render_quality="fast",
-        seed=seed,
-    )
+    return partial(MetaWorldEnv, task_names=[args.task], camera_names=tuple(args.cameras),
+                   image_size=args.image_size, max_steps=args.horizon * args.chunk, action_chunk=args.chunk,
+                   render_quality="fast", seed=0)
 
 
-def parallel_env(args, n: int, **kwargs):
-    from torchrl.envs import ParallelEnv
+def make_stock_libero_env(suite: str, task_id: int, *, image_size: int, wrist: bool, group_repeats: int,
+                          max_steps: int, group_id_offset: int = 0):
+    """TorchRL's own ``LiberoEnv`` in grouped mode, chunked with TorchRL's ``MultiAction``.
 
-    return ParallelEnv(n, env_fn(args), mp_start_method=START_METHOD, **kwargs)
+    Everything else is TorchRL's default (rendering quality, observables,
+    reset); only the workload's cameras, time limit and group size are set.
+    """
+    from torchrl.envs import TransformedEnv
+    from torchrl.envs.libs.libero import LiberoEnv
+    from torchrl.envs.transforms import MultiAction
+
+    from torchrl_ript.envs.libero_setup import ensure_libero
+
+    ensure_libero()  # LIBERO's config file and assets (installation, not speed)
+    env = LiberoEnv(suite, task_id, camera_height=image_size, camera_width=image_size,
+                    wrist_camera="robot0_eye_in_hand" if wrist else None, group_repeats=group_repeats,
+                    group_id_offset=group_id_offset, max_episode_steps=max_steps)
+    return TransformedEnv(env, MultiAction(stack_rewards=False))
 
 
 def make_contexts(args, n: int):
+    if args.env == "libero":
+        from torchrl_ript.envs.libero_contexts import libero_contexts
+
+        return libero_contexts(args.suite, task_ids=[args.task_id], seed=0)
     from torchrl_ript.envs.metaworld import metaworld_contexts
 
     return metaworld_contexts([args.task], n, seed=0)
 
 
-# -- limit: the simulator alone ---------------------------------------------------
+def observed_workload(td, args, *, policy_params: int, horizon: int) -> dict:
+    """What a path actually ran, read from its data (not from the command line)."""
+    images = {}
+    for key in IMAGE_KEYS:
+        value = td.get(key, None)
+        if value is not None:
+            images["/".join(key)] = list(value.shape[-3:])
+    action = td.get("action")
+    state = td.get(STATE_KEY)
+    return dict(env=args.env, task=task_name(args), images=images, action_shape=list(action.shape[-2:]),
+                state_dim=int(state.shape[-1]), horizon=int(horizon), policy_params=int(policy_params))
+
+
+def task_name(args) -> str:
+    return f"{args.suite}/{args.task_id}" if args.env == "libero" else args.task
+
+
+def _result(name, *, slots, decisions, env_steps, rollouts, successes, wall_s, cpu, load, workload, **extra):
+    cpu_s = cpu["main_cpu_s"] + cpu["children_cpu_s"]
+    out = dict(
+        path=name, slots=slots, decisions=int(decisions), env_steps=int(env_steps), rollouts=int(rollouts),
+        successes=int(successes), wall_s=wall_s, decisions_per_s=decisions / wall_s,
+        env_steps_per_s=env_steps / wall_s, rollouts_per_s=rollouts / wall_s, cpu=cpu,
+        load_avg=load, workload=workload,
+        # CPU seconds (this process + its children) per decision: unlike a rate,
+        # it hardly depends on how much CPU the other jobs on the machine leave
+        cpu_ms_per_decision=1e3 * cpu_s / max(decisions, 1),
+    )
+    out.update(extra)
+    return out
+
+
+def _timed_batches(next_batch, *, measure_s: float, min_batches: int):
+    """Whole batches for at least ``measure_s`` seconds (and ``min_batches``)."""
+    batches = []
+    start = time.perf_counter()
+    while len(batches) < min_batches or time.perf_counter() - start < measure_s:
+        batches.append(next_batch())
+    return batches, time.perf_counter() - start
+
+
+# -- limit: the simulator alone -----------------------------------------------------
 def _limit_worker(args, duration: float, barrier, queue) -> None:
     import numpy as np
 
-    from torchrl_ript.envs.metaworld import _ROTATED_CAMERAS, _context_reset, rand_vec_dim, sample_rand_vecs
-
     torch.set_num_threads(1)
-    env = env_fn(args)()
-    raw, renderer = env._sim(0)
-    vec = sample_rand_vecs(args.task, 1, seed=0)[0][: rand_vec_dim(args.task)]
     rng = np.random.default_rng(0)
-    actions = rng.uniform(-1, 1, size=(args.horizon, args.chunk, 4))
+    dims = ENV_DIMS[args.env]
+    actions = rng.uniform(-1, 1, size=(args.horizon, args.chunk, dims["action"]))
+    env = env_fn(args)()
+    if args.env == "libero":
+        state = make_contexts(args, 1).states[0].numpy()
+        sim = env._env
 
-    def render():
-        for cam in args.cameras:
-            renderer.update_scene(raw.data, camera=cam)
-            img = renderer.render()
-            if cam in _ROTATED_CAMERAS:
-                img = img[::-1, ::-1]
-            np.ascontiguousarray(img.transpose(2, 0, 1))
+        def reset():
+            env.reset_to_state(state)  # placement, state, settle steps, first render
 
-    _context_reset(raw, vec)  # warm-up (GL context, first render)
-    render()
+        def act(a):
+            env._act(a)  # physics + controller (robosuite's step without observables)
+            sim.check_success()  # the task predicate, evaluated per action as the env does
+
+        def render():
+            obs = env._observe()  # robosuite observables incl. both cameras
+            for cam in sim.env.camera_names:
+                np.ascontiguousarray(obs[f"{cam}_image"][::-1, ::-1].transpose(2, 0, 1))
+    else:
+        from torchrl_ript.envs.metaworld import _ROTATED_CAMERAS, _context_reset, rand_vec_dim, sample_rand_vecs
+
+        raw, renderer = env._sim(0)
+        shapes = {}
+        vec = sample_rand_vecs(args.task, 1, seed=0)[0][: rand_vec_dim(args.task)]
+
+        def render():
+            for cam in args.cameras:
+                renderer.update_scene(raw.data, camera=cam)
+                img = renderer.render()
+                if cam in _ROTATED_CAMERAS:
+                    img = img[::-1, ::-1]
+                shapes[cam] = list(np.ascontiguousarray(img.transpose(2, 0, 1)).shape)
+
+        def reset():
+            _context_reset(raw, vec)
+            render()
+
+        def act(a):
+            raw.step(a)
+
+    reset()  # warm-up (GL context, first render)
     barrier.wait()
     sim_s = render_s = reset_s = 0.0
     rollouts = 0
     start = time.perf_counter()
+    cpu0 = time.process_time()
     while time.perf_counter() - start < duration:  # whole rollouts for ~duration seconds
         t0 = time.perf_counter()
-        _context_reset(raw, vec)
-        render()
-        t1 = time.perf_counter()
-        reset_s += t1 - t0
+        reset()
+        reset_s += time.perf_counter() - t0
         for t in range(args.horizon):
             t0 = time.perf_counter()
             for a in actions[t]:
-                raw.step(a)
+                act(a)
             t1 = time.perf_counter()
             render()
-            t2 = time.perf_counter()
             sim_s += t1 - t0
-            render_s += t2 - t1
+            render_s += time.perf_counter() - t1
         rollouts += 1
     wall = time.perf_counter() - start
-    queue.put(dict(wall_s=wall, sim_s=sim_s, render_s=render_s, reset_s=reset_s,
-                   decisions=rollouts * args.horizon, peak_rss=_vm("self", "VmHWM")))
+    if args.env == "libero":
+        image = [list(env._read_image(env._observe()[f"{c}_image"]).shape) for c in sim.env.camera_names]
+    else:
+        image = [shapes[c] for c in args.cameras]
+    queue.put(dict(wall_s=wall, cpu_s=time.process_time() - cpu0, sim_s=sim_s, render_s=render_s,
+                   reset_s=reset_s, rollouts=rollouts, decisions=rollouts * args.horizon,
+                   peak_rss=_vm("self", "VmHWM"), images=image))
 
 
-def measure_limit(args, n: int, duration: float) -> dict:
+def measure_limit(args, n: int, duration: float, policy_params: int) -> dict:
     """N simulator processes at once, each for ~``duration`` s; the limit is the sum of their rates."""
     ctx = mp.get_context(START_METHOD)
     barrier, queue = ctx.Barrier(n), ctx.Queue()
+    load0 = _load()
     procs = [ctx.Process(target=_limit_worker, args=(args, duration, barrier, queue)) for _ in range(n)]
     for p in procs:
         p.start()
@@ -229,311 +388,603 @@ def measure_limit(args, n: int, duration: float) -> dict:
         p.join()
     decisions = sum(r["decisions"] for r in results)
     per_s = sum(r["decisions"] / r["wall_s"] for r in results)
-    per_decision = {k: sum(r[k] for r in results) / decisions for k in ("sim_s", "render_s", "reset_s")}
-    return dict(
-        workers=n, decisions_per_s=per_s, env_steps_per_s=per_s * args.chunk,
-        rollouts_per_s=per_s / args.horizon,
-        per_decision_ms={k[:-2]: 1e3 * v for k, v in per_decision.items()},
-        worker_peak_rss_mb=max(r["peak_rss"] for r in results) / 2**20,
-        load=_load(),
-    )
+    wall = statistics.mean(r["wall_s"] for r in results)
+    per_decision = {k[:-2]: 1e3 * sum(r[k] for r in results) / decisions for k in ("sim_s", "render_s", "reset_s")}
+    dims = ENV_DIMS[args.env]
+    images = {"/".join(k): s for k, s in zip(IMAGE_KEYS, results[0]["images"])}  # rendered, as read back
+    workload = dict(env=args.env, task=task_name(args), images=images, action_shape=[args.chunk, dims["action"]],
+                    state_dim=dims["state"], horizon=args.horizon, policy_params=policy_params)
+    # the sum of per-process rates (each ran ~duration s at the same time)
+    out = _result("limit", slots=n, decisions=per_s * wall, env_steps=per_s * wall * args.chunk,
+                  rollouts=per_s * wall / args.horizon, successes=0, wall_s=wall,
+                  cpu=dict(wall_s=wall, children_cpu_s=sum(r["cpu_s"] for r in results),
+                           busiest_child_cpu_s=max(r["cpu_s"] for r in results), main_cpu_s=0.0),
+                  load=[load0, _load()], workload=workload,
+                  per_decision_ms=per_decision, worker_peak_rss_mb=max(r["peak_rss"] for r in results) / 2**20,
+                  counted_decisions=decisions, counted_rollouts=sum(r["rollouts"] for r in results))
+    out["decisions_per_s"] = per_s
+    out["cpu_ms_per_decision"] = 1e3 * out["cpu"]["children_cpu_s"] / decisions
+    out["env_steps_per_s"] = per_s * args.chunk
+    out["rollouts_per_s"] = per_s / args.horizon
+    return out
 
 
 def _mean_limit(runs: list[dict]) -> dict:
     out = dict(runs[0])
     for key in ("decisions_per_s", "env_steps_per_s", "rollouts_per_s"):
         out[key] = sum(r[key] for r in runs) / len(runs)
-    out["per_decision_ms"] = {k: sum(r["per_decision_ms"][k] for r in runs) / len(runs) for k in runs[0]["per_decision_ms"]}
+    out["per_decision_ms"] = {k: sum(r["per_decision_ms"][k] for r in runs) / len(runs)
+                              for k in runs[0]["per_decision_ms"]}
     out["runs_decisions_per_s"] = [r["decisions_per_s"] for r in runs]
-    out["load"] = [r["load"] for r in runs]
+    out["cpu_ms_per_decision"] = statistics.mean(r["cpu_ms_per_decision"] for r in runs)
+    out["load_avg"] = [runs[0]["load_avg"][0], runs[-1]["load_avg"][-1]]
     return out
 
 
-# -- TorchRL stock: ParallelEnv + Collector ---------------------------------------
-def measure_stock(args, n: int, rollouts: int, *, patient_wait: bool = False) -> dict:
-    """``patient_wait``: the same, with GroupCollector's ParallelEnv wait fix (not stock)."""
+# -- TorchRL: ParallelEnv + Collector ---------------------------------------------------
+def _stock_env(args, n: int, libero_env: bool):
+    from torchrl.envs import ParallelEnv
+
+    if libero_env:
+        makers = [partial(make_stock_libero_env, args.suite, args.task_id, image_size=args.image_size,
+                          wrist=len(args.cameras) == 2, group_repeats=args.k, max_steps=args.horizon * args.chunk,
+                          group_id_offset=i * 10**6) for i in range(n)]
+        return ParallelEnv(n, makers, mp_start_method=START_METHOD)
+    return ParallelEnv(n, env_fn(args), mp_start_method=START_METHOD)
+
+
+def _count(batch, args) -> dict:
+    """Decisions, rollouts (done flags), env steps (as the env counted them) and successes of a batch."""
+    nxt = batch.get("next")
+    done = nxt.get("done")
+    env_steps = nxt.get("env_steps", None)
+    return dict(decisions=batch.numel(), rollouts=int(done.sum()),
+                env_steps=int(env_steps.sum()) if env_steps is not None else batch.numel() * args.chunk,
+                env_steps_from_env=env_steps is not None,
+                successes=int(nxt.get("success", torch.zeros(1, dtype=torch.bool)).sum()))
+
+
+def _sum_counts(counts: list[dict]) -> dict:
+    out = {k: sum(c[k] for c in counts) for k in ("decisions", "rollouts", "env_steps", "successes")}
+    out["env_steps_from_env"] = all(c["env_steps_from_env"] for c in counts)
+    return out
+
+
+def measure_collector(args, n: int, *, libero_env: bool = False) -> dict:
+    """TorchRL's stock path: ``ParallelEnv(n)`` + ``Collector`` (one rollout per env per batch)."""
     from torchrl.collectors import Collector
 
-    from torchrl_ript.collectors.engine import patient_worker_wait
-
-    policy, _ = make_policy(args)
+    policy = make_policy(args)
     _reset_peak_rss()
-    env = parallel_env(args, n)
-    if patient_wait:
-        patient_worker_wait(env)
-    frames = n * args.horizon  # one rollout per env per batch
-    batches = max(1, -(-rollouts // n))
-    collector = Collector(env, policy, frames_per_batch=frames, total_frames=-1,
+    env = _stock_env(args, n, libero_env)
+    # use_buffers=False: the default buffers cannot stack the env's non-tensor
+    # language_instruction
+    collector = Collector(env, policy, frames_per_batch=n * args.horizon, total_frames=-1,
                           use_buffers=False, auto_register_policy_transforms=False)
     it = iter(collector)
     next(it)  # warm-up: workers start, first resets
-    start = time.perf_counter()
-    decisions = 0
-    for _ in range(batches):
-        batch = next(it)
-        decisions += batch.numel()
-    wall = time.perf_counter() - start
-    workers_rss = _children_peak_rss()
-    bytes_per_rollout = batch.bytes() / n
+    load0, cpu = _load(), CpuMeter()
+    batches, wall = _timed_batches(lambda: next(it), measure_s=args.measure_s, min_batches=args.min_batches)
+    cpu = cpu.stop()
+    counts = _sum_counts([_count(b, args) for b in batches])
+    last = batches[-1]
+    out = _result("collector_libero_env" if libero_env else "collector", slots=n, wall_s=wall, cpu=cpu,
+                  load=[load0, _load()], **{k: v for k, v in counts.items() if k != "env_steps_from_env"},
+                  workload=observed_workload(last, args, policy_params=n_params(policy), horizon=args.horizon),
+                  env_steps_from_env=counts["env_steps_from_env"], batches=len(batches),
+                  bytes_per_rollout=last.bytes() / max(last.numel() / args.horizon, 1),
+                  main_peak_rss_mb=_vm("self", "VmHWM") / 2**20, worker_peak_rss_mb=_children_peak_rss_mb())
     collector.shutdown()
     del collector, it
-    per_s = decisions / wall
-    return dict(
-        workers=n, wall_s=wall, decisions_per_s=per_s, env_steps_per_s=per_s * args.chunk,
-        rollouts_per_s=per_s / args.horizon, bytes_per_rollout=bytes_per_rollout,
-        main_peak_rss_mb=_vm("self", "VmHWM") / 2**20,
-        worker_peak_rss_mb=max(workers_rss, default=0) / 2**20, load=_load(),
-    )
+    return out
 
 
-# -- RIPT-style sequential waves -------------------------------------------------
-def measure_sequential(args, contexts_n: int) -> dict:
+# -- TorchRL: AsyncBatchedCollector ------------------------------------------------------
+def _policy_factory(args):
+    # runs in AsyncBatchedCollector's inference process: same threads as our main process
+    torch.set_num_threads(args.policy_threads)
+    return make_policy(args)
+
+
+def _process_slot_transport(args, n: int, policy):
+    """The transport ``transport="auto"`` derives, with a forkserver context (see the module doc)."""
+    from torchrl.modules.inference_server import ProcessSlotTransport
+
+    env = env_fn(args)()
+    try:
+        fake = env.fake_tensordict()
+    finally:
+        env.close()
+    request = fake.select(*policy.in_keys, strict=True).cpu()
+    with torch.no_grad():
+        output = policy(request.clone().unsqueeze(0)).squeeze(0)
+    response = output.select(*policy.out_keys, strict=True).cpu()
+    response.set("policy_version", torch.zeros(response.batch_size, dtype=torch.long))
+    return ProcessSlotTransport(request, response, num_slots=n, ctx=mp.get_context(START_METHOD))
+
+
+def measure_async_batched(args, n: int, *, driver: bool = False) -> dict:
+    from torchrl.collectors import AsyncBatchedCollector
+
+    policy = make_policy(args)
+    _reset_peak_rss()
+    kwargs = dict(transport="driver", policy=policy) if driver else dict(
+        transport=_process_slot_transport(args, n, policy), policy_factory=partial(_policy_factory, args))
+    collector = AsyncBatchedCollector([env_fn(args)] * n, frames_per_batch=n * args.horizon,
+                                      env_backend="multiprocessing", transition_chunk_size="auto", **kwargs)
+    it = iter(collector)
+    next(it)  # warm-up: workers and the inference server start
+    load0, cpu = _load(), CpuMeter()
+    batches, wall = _timed_batches(lambda: next(it), measure_s=args.measure_s, min_batches=args.min_batches)
+    cpu = cpu.stop()
+    counts = _sum_counts([_count(b, args) for b in batches])
+    last = batches[-1]
+    out = _result("async_batched_driver" if driver else "async_batched", slots=n, wall_s=wall, cpu=cpu,
+                  load=[load0, _load()], **{k: v for k, v in counts.items() if k != "env_steps_from_env"},
+                  workload=observed_workload(last, args, policy_params=n_params(policy), horizon=args.horizon),
+                  env_steps_from_env=counts["env_steps_from_env"], batches=len(batches),
+                  transport="driver" if driver else "process_slots",
+                  transition_chunk_size=collector._transition_chunk_size,
+                  bytes_per_rollout=last.bytes() / max(last.numel() / args.horizon, 1),
+                  main_peak_rss_mb=_vm("self", "VmHWM") / 2**20, worker_peak_rss_mb=_children_peak_rss_mb())
+    collector.shutdown()
+    del collector, it
+    return out
+
+
+# -- RIPT-style sequential waves ------------------------------------------------------
+def measure_sequential(args) -> dict:
+    from torchrl.envs import ParallelEnv
     from torchrl.envs.utils import ExplorationType, set_exploration_type
 
     from torchrl_ript.envs.common import context_reset_td
 
-    policy, _ = make_policy(args)
-    contexts = make_contexts(args, contexts_n)
+    policy = make_policy(args)
+    contexts = make_contexts(args, 64)
     k = args.k
     _reset_peak_rss()
-    env = parallel_env(args, k)
+    env = ParallelEnv(k, env_fn(args), mp_start_method=START_METHOD)
     env.reset()  # warm-up: workers start
-    decisions = 0
-    start = time.perf_counter()
+    counts = dict(decisions=0, rollouts=0, env_steps=0, successes=0)
+    last = None
+
+    def one_context():
+        nonlocal last
+        ids = torch.full((k,), counts["rollouts"] // k % len(contexts))
+        td = env.reset(context_reset_td(contexts.initial_states(ids), contexts.task_ids[ids]))
+        done = torch.zeros(k, dtype=torch.bool)
+        trajectory = []
+        for _ in range(args.horizon):
+            td = policy(td)
+            active = ~done
+            td.set("_step", active.unsqueeze(-1))
+            td = env.step(td)
+            trajectory.append(td.exclude("next").clone())  # what the RIPT loop keeps per step
+            nxt = td.get("next")
+            counts["decisions"] += int(active.sum())
+            counts["env_steps"] += int(nxt.get("env_steps").reshape(k)[active].sum())
+            counts["successes"] += int(nxt.get("success").reshape(k)[active].sum())
+            done = done | nxt.get("done").reshape(k)
+            td = nxt.exclude("_step")
+            if bool(done.all()):
+                break
+        counts["rollouts"] += k
+        last = trajectory[-1]
+
+    load0, cpu = _load(), CpuMeter()
     with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
-        for c in range(contexts_n):
-            states = contexts.initial_states(torch.full((k,), c))
-            td = env.reset(context_reset_td(states, contexts.task_ids[torch.full((k,), c)]))
-            done = torch.zeros(k, dtype=torch.bool)
-            trajectory = []
-            for _ in range(args.horizon):
-                td = policy(td)
-                td.set("_step", (~done).unsqueeze(-1))
-                td = env.step(td)
-                trajectory.append(td.exclude("next").clone())  # what the RIPT loop keeps per step
-                decisions += int((~done).sum())
-                done = done | td.get(("next", "done")).reshape(k)
-                td = td.get("next").exclude("_step")
-                if bool(done.all()):
-                    break
-    wall = time.perf_counter() - start
-    workers_rss = _children_peak_rss()
+        _, wall = _timed_batches(one_context, measure_s=args.measure_s, min_batches=args.min_batches)
+    cpu = cpu.stop()
+    out = _result("sequential", slots=k, wall_s=wall, cpu=cpu, load=[load0, _load()], **counts,
+                  workload=observed_workload(last, args, policy_params=n_params(policy), horizon=args.horizon),
+                  main_peak_rss_mb=_vm("self", "VmHWM") / 2**20, worker_peak_rss_mb=_children_peak_rss_mb())
     env.close()
-    per_s = decisions / wall
-    return dict(
-        workers=k, wall_s=wall, decisions_per_s=per_s, env_steps_per_s=per_s * args.chunk,
-        rollouts_per_s=k * contexts_n / wall, main_peak_rss_mb=_vm("self", "VmHWM") / 2**20,
-        worker_peak_rss_mb=max(workers_rss, default=0) / 2**20, load=_load(),
-    )
+    return out
 
 
-# -- GroupCollector -------------------------------------------------------------------
-def measure_group(args, n: int, *, k: int | None = None, contexts_n: int | None = None,
-                  horizon: int | None = None, iters: int | None = None, profile: bool = False) -> dict:
+def _without_instruction(maker):
+    """The env without its per-step non-tensor ``language_instruction`` (shm-exchange experiment)."""
+    from torchrl.envs import ExcludeTransform, TransformedEnv
+
+    return TransformedEnv(maker(), ExcludeTransform("language_instruction"))
+
+
+# -- GroupCollector ---------------------------------------------------------------------
+def measure_group(args, slots: int, *, name: str = "group", lockstep: bool = False, keep_in_flight: bool = False,
+                  k: int | None = None, contexts_n: int | None = None, horizon: int | None = None,
+                  measure_s: float | None = None, min_batches: int | None = None, profile: bool = False,
+                  drop_instruction: bool = False) -> dict:
+    from torchrl.envs import AsyncEnvPool
+
     from torchrl_ript import GroupCollector
 
     k = k or args.k
     contexts_n = contexts_n or args.contexts
     if horizon is not None and horizon != args.horizon:
         args = argparse.Namespace(**{**vars(args), "horizon": horizon})
-    iters = iters or args.iters
-    policy, _ = make_policy(args)
-    contexts = make_contexts(args, max(contexts_n, 4))
+    policy = make_policy(args)
+    contexts = make_contexts(args, 64)
     _reset_peak_rss()
-    env = parallel_env(args, n)
+    rss_start = _vm("self", "VmRSS") / 2**20
+    maker = partial(_without_instruction, env_fn(args)) if drop_instruction else env_fn(args)
+    pool = AsyncEnvPool([maker] * slots, backend="multiprocessing", exchange="auto")
     collector = GroupCollector(
-        env, policy, context_dataset=contexts, group_size=k, trajs_per_batch=k * contexts_n,
-        max_frames_per_traj=args.horizon, dynamic_sampling=False, seed=0,
-        observation_keys=[*IMAGE_KEYS[: len(args.cameras)], ("observation", "state")],
+        pool, policy, context_dataset=contexts, group_size=k, trajs_per_batch=k * contexts_n,
+        max_frames_per_traj=args.horizon, dynamic_sampling=False, keep_in_flight=keep_in_flight,
+        lockstep=lockstep, seed=0, observation_keys=[*IMAGE_KEYS[: len(args.cameras)], STATE_KEY],
     )
     it = iter(collector)
     next(it)  # warm-up: workers start
-    totals = dict(wall_s=0.0, policy_s=0.0, env_s=0.0, bookkeeping_s=0.0, reset_s=0.0, decision_steps=0, rollouts=0)
+    stats = []
+
+    def next_batch():
+        batch = next(it)
+        stats.append(collector.last_stats)
+        return batch
+
     prof = cProfile.Profile() if profile else None
     if prof:
         prof.enable()
-    for _ in range(iters):
-        batch = next(it)
-        s = collector.last_stats
-        totals["wall_s"] += s.wall_s
-        totals["policy_s"] += s.policy_s
-        totals["env_s"] += s.env_s
-        totals["decision_steps"] += s.decision_steps
-        totals["rollouts"] += s.rollouts_finished
-        totals["bookkeeping_s"] += getattr(s, "bookkeeping_s", 0.0)
-        totals["reset_s"] += getattr(s, "reset_s", 0.0)
+    load0, cpu = _load(), CpuMeter()
+    batches, wall = _timed_batches(next_batch, measure_s=measure_s or args.measure_s,
+                                   min_batches=min_batches or args.min_batches)
+    cpu = cpu.stop()
     if prof:
         prof.disable()
-    workers_rss = _children_peak_rss()
+    worker_rss = _children_peak_rss_mb()
+    main_rss = _vm("self", "VmHWM") / 2**20
+    exchange = pool.resolved_exchange if hasattr(pool, "resolved_exchange") else None
     collector.shutdown()
     del collector, it
-    wall = totals["wall_s"]
-    per_s = totals["decision_steps"] / wall
-    out = dict(
-        workers=n, k=k, contexts=contexts_n, horizon=args.horizon, wall_s=wall,
-        wall_per_iter_s=wall / iters, decisions_per_s=per_s, env_steps_per_s=per_s * args.chunk,
-        rollouts_per_s=totals["rollouts"] / wall, bytes_per_rollout=batch.bytes() / batch.numel(),
-        policy_s=totals["policy_s"], env_s=totals["env_s"], bookkeeping_s=totals["bookkeeping_s"],
-        reset_s=totals["reset_s"],
-        other_s=wall - totals["policy_s"] - totals["env_s"],
-        main_peak_rss_mb=_vm("self", "VmHWM") / 2**20,
-        worker_peak_rss_mb=max(workers_rss, default=0) / 2**20, load=_load(),
+
+    def total(field):
+        return sum(getattr(s, field) for s in stats)
+
+    last = batches[-1]
+    delivered = sum(int(b.get("length").sum()) for b in batches)
+    times = {f: total(f) for f in ("policy_s", "env_wait_s", "reset_s", "bookkeeping_s")}
+    stats_wall = total("wall_s")
+    out = _result(
+        name, slots=slots, wall_s=wall, cpu=cpu, load=[load0, _load()],
+        decisions=delivered, env_steps=sum(int(b.get("env_steps").sum()) for b in batches),
+        rollouts=sum(b.numel() for b in batches), successes=sum(int(b.get("success").sum()) for b in batches),
+        workload=observed_workload(last.get("steps")[0], args, policy_params=n_params(policy),
+                                   horizon=int(last.get("length").max())),
+        k=k, contexts=contexts_n, trajs_per_batch=k * contexts_n, lockstep=lockstep, keep_in_flight=keep_in_flight,
+        exchange=exchange, batches=len(batches), wall_per_batch_s=wall / len(batches),
+        simulated_decisions=total("decision_steps"), simulated_env_steps=total("env_steps"),
+        rollouts_finished=total("rollouts_finished"), rollouts_discarded=total("rollouts_discarded"),
+        rollouts_carried=[s.rollouts_carried for s in stats], max_staleness=max(s.max_staleness for s in stats),
+        time_breakdown=dict(stats_wall_s=stats_wall, **times, other_s=stats_wall - sum(times.values())),
+        bytes_per_rollout=last.bytes() / last.numel(), batch_bytes=last.bytes(),
+        main_peak_rss_mb=main_rss, main_rss_start_mb=rss_start, worker_peak_rss_mb=worker_rss,
     )
     if prof:
         s = io.StringIO()
-        pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(35)
+        pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(30)
         out["profile"] = s.getvalue()
     return out
 
 
-# -- driver -------------------------------------------------------------------------
-def worker_counts(max_workers: int) -> list[int]:
-    counts, w = [], 1
-    while w < max_workers:
-        counts.append(w)
-        w *= 2
-    counts.append(max_workers)
-    return counts
-
-
+# -- driver ---------------------------------------------------------------------------------
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--env", default="metaworld", choices=["metaworld"])
-    p.add_argument("--task", default="reach-v3")
+    p.add_argument("--env", default="metaworld", choices=["metaworld", "libero"])
+    p.add_argument("--task", default="reach-v3", help="MetaWorld task")
+    p.add_argument("--suite", default="libero_spatial", help="LIBERO suite")
+    p.add_argument("--task-id", type=int, default=0, help="LIBERO task id in the suite")
     p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--cameras", nargs="+", default=["corner2"])
-    p.add_argument("--k", type=int, default=4, help="rollouts per context (group size)")
+    p.add_argument("--cameras", nargs="+", default=None,
+                   help="MetaWorld cameras (default corner2); LIBERO: 2 = agentview + eye-in-hand (default)")
+    p.add_argument("--k", type=int, default=None, help="rollouts per context (group size); default 4 (LIBERO 2)")
     p.add_argument("--contexts", type=int, default=2, help="contexts per GroupCollector batch")
-    p.add_argument("--horizon", type=int, default=25, help="decisions per rollout")
+    p.add_argument("--horizon", type=int, default=None, help="decisions per rollout; default 25 (LIBERO 12)")
     p.add_argument("--chunk", type=int, default=8, help="raw env steps per decision")
     p.add_argument("--policy", default="small", choices=sorted(POLICY_SIZES))
-    p.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 16))
-    p.add_argument("--iters", type=int, default=2, help="timed GroupCollector batches")
-    p.add_argument("--limit-s", type=float, default=8.0, help="seconds each limit process runs")
-    p.add_argument("--no-sweep", action="store_true", help="skip the 1, 2, 4, ... worker sweep")
-    p.add_argument("--growth", action="store_true", help="sweep K, contexts and horizon")
-    p.add_argument("--profile", action="store_true", help="cProfile the GroupCollector main process")
-    p.add_argument("--quick", action="store_true", help="tiny images, short horizons (< 1 min)")
-    p.add_argument("--out", default=DEFAULT_OUT)
+    p.add_argument("--slots", "--workers", dest="slots", type=int, default=min(os.cpu_count() or 1, 16),
+                   help="env processes per path (default: the number of CPUs)")
+    p.add_argument("--oversubscribe", type=int, nargs="*", default=None,
+                   help="slot multiples measured for GroupCollector (default 2 3; LIBERO 2)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds over all paths (order rotates)")
+    p.add_argument("--measure-s", type=float, default=12.0, help="seconds each path is timed per round")
+    p.add_argument("--min-batches", type=int, default=2)
+    p.add_argument("--limit-s", type=float, default=8.0, help="seconds each limit measurement runs")
+    p.add_argument("--policy-threads", type=int, default=1,
+                   help="torch threads of the process running the policy (all paths)")
+    p.add_argument("--driver", action="store_true", help="also AsyncBatchedCollector(transport='driver')")
+    p.add_argument("--no-sequential", action="store_true", help="skip the sequential RIPT loop")
+    p.add_argument("--shm-experiment", action="store_true",
+                   help="also GroupCollector on envs without the per-step language_instruction output, "
+                        "so AsyncEnvPool uses its shared-memory exchange (an engine experiment, not a default)")
+    p.add_argument("--growth", action="store_true", help="sweep K, B, horizon and slots")
+    p.add_argument("--in-flight", action="store_true", help="keep_in_flight off/on at K=8, B=32/64")
+    p.add_argument("--in-flight-slots", type=int, nargs="*", default=None,
+                   help="slot counts of the --in-flight sweep (default: --slots)")
+    p.add_argument("--sweeps-only", action="store_true", help="only --growth / --in-flight / --profile")
+    p.add_argument("--profile", action="store_true", help="cProfile GroupCollector's main process")
+    p.add_argument("--quick", action="store_true", help="tiny images, short horizons, one round (< 2 min)")
+    p.add_argument("--out", default=None, help="JSON output (default results/collector_throughput[_libero].json)")
+    if "--quick" in (sys.argv[1:] if argv is None else argv):
+        # the quick workload; options given on the command line still win
+        p.set_defaults(image_size=32, horizon=6, chunk=4, k=2, contexts=2, policy="tiny", rounds=1, measure_s=2.5,
+                       min_batches=2, limit_s=2.0, oversubscribe=[2])
     args = p.parse_args(argv)
-    if args.quick:
-        args.image_size, args.horizon, args.chunk = 32, 6, 4
-        args.k, args.contexts, args.iters, args.policy = 2, 2, 3, "tiny"
-        args.limit_s = 1.5
+    libero = args.env == "libero"
+    if args.cameras is None:
+        args.cameras = ["agentview", "robot0_eye_in_hand"] if libero else ["corner2"]
+    if libero and len(args.cameras) not in (1, 2):
+        p.error("--env libero renders agentview (+ eye-in-hand): give 1 or 2 camera names")
+    if args.k is None:
+        args.k = 2 if libero else 4
+    if args.horizon is None:
+        args.horizon = 12 if libero else 25
+    if args.oversubscribe is None:
+        args.oversubscribe = [2] if libero else [2, 3]
+    if args.out is None:
+        args.out = os.path.join(RESULTS, "collector_throughput" + ("_libero" if libero else "")
+                                + ("_quick" if args.quick else "") + ".json")
     return args
 
 
+def _median_path(runs: list[dict]) -> dict:
+    """A path over rounds: the median round's figures, each round's rate and load."""
+    rates = [r["decisions_per_s"] for r in runs]
+    med = statistics.median(rates)
+    out = dict(min(runs, key=lambda r: abs(r["decisions_per_s"] - med)))
+    for key in ("decisions_per_s", "env_steps_per_s", "rollouts_per_s", "cpu_ms_per_decision"):
+        out[key] = statistics.median(r[key] for r in runs)
+    out["rounds_decisions_per_s"] = rates
+    out["rounds_load_avg"] = [r["load_avg"] for r in runs]
+    for key in ("decisions", "env_steps", "rollouts", "successes", "wall_s"):
+        out["total_" + key] = sum(r[key] for r in runs)
+    return out
+
+
+def run_paths(args, policy_params: int) -> tuple[dict, list[dict]]:
+    n = args.slots
+    plan = [("collector", lambda: measure_collector(args, n))]
+    if args.env == "libero":
+        plan.append(("collector_libero_env", lambda: measure_collector(args, n, libero_env=True)))
+    plan.append(("async_batched", lambda: measure_async_batched(args, n)))
+    if args.driver:
+        plan.append(("async_batched_driver", lambda: measure_async_batched(args, n, driver=True)))
+    if not args.no_sequential:
+        plan.append(("sequential", lambda: measure_sequential(args)))
+    plan.append(("group", lambda: measure_group(args, n)))
+    plan.append(("group_lockstep", lambda: measure_group(args, n, name="group_lockstep", lockstep=True)))
+    plan.append(("group_keep", lambda: measure_group(args, n, name="group_keep", keep_in_flight=True)))
+    for m in args.oversubscribe:
+        # with more slots than a batch's last groups need, keep_in_flight=False
+        # would drop up to (slots - 1) rollouts per batch: measured with it on
+        name = f"group_slots_x{m}_keep"
+        plan.append((name, lambda m=m, name=name: measure_group(args, m * n, name=name, keep_in_flight=True)))
+    if args.shm_experiment:
+        plan.append(("group_shm", lambda: measure_group(args, n, name="group_shm", drop_instruction=True)))
+        for m in args.oversubscribe:
+            name = f"group_shm_slots_x{m}_keep"
+            plan.append((name, lambda m=m, name=name: measure_group(args, m * n, name=name, keep_in_flight=True,
+                                                                    drop_instruction=True)))
+    runs: dict[str, list[dict]] = {name: [] for name, _ in plan}
+    runs["limit"] = []
+    rounds = []
+    for r in range(args.rounds):
+        order = plan[r % len(plan):] + plan[: r % len(plan)]  # rotate: no path always first or last
+        limits = [measure_limit(args, n, args.limit_s, policy_params)]
+        this = {}
+        for name, fn in order:
+            this[name] = fn()
+            runs[name].append(this[name])
+            print(f"  round {r + 1}/{args.rounds} {name:<22} {this[name]['decisions_per_s']:8.1f} decisions/s "
+                  f"(load {this[name]['load_avg']})", file=sys.stderr, flush=True)
+        if args.rounds > 1 or not args.quick:
+            limits.append(measure_limit(args, n, args.limit_s, policy_params))
+        this["limit"] = _mean_limit(limits)
+        runs["limit"].append(this["limit"])
+        rounds.append(this)
+    return {name: _median_path(rs) for name, rs in runs.items()}, rounds
+
+
+def _ratios(paths: dict) -> dict:
+    group = paths["group"]["decisions_per_s"]
+    stock = {p: paths[p]["decisions_per_s"] for p in STOCK_PATHS if p in paths}
+    best = max(stock, key=stock.get)
+    out = dict(group_vs_limit=group / paths["limit"]["decisions_per_s"],
+               group_vs_stock=group / stock[best], best_stock_path=best,
+               group_vs_async_batched=group / paths["async_batched"]["decisions_per_s"],
+               group_vs_collector=group / paths["collector"]["decisions_per_s"])
+    # how much more CPU a delivered decision costs than a bare simulator decision
+    out["group_cpu_vs_limit"] = paths["group"]["cpu_ms_per_decision"] / paths["limit"]["cpu_ms_per_decision"]
+    if "collector_libero_env" in paths:
+        out["group_vs_libero_env_collector"] = group / paths["collector_libero_env"]["decisions_per_s"]
+    if "sequential" in paths:
+        out["group_vs_sequential"] = group / paths["sequential"]["decisions_per_s"]
+    return out
+
+
+def _growth_child(args, cfg: dict, queue) -> None:
+    try:
+        mp.set_forkserver_preload(PRELOAD)
+        mp.set_start_method(START_METHOD, force=True)
+        torch.set_num_threads(args.policy_threads)
+        r = measure_group(args, cfg["slots"], name="growth", k=cfg["k"], contexts_n=cfg["contexts"],
+                          horizon=cfg["horizon"], measure_s=0.0, min_batches=2)
+        queue.put(r)
+    except Exception as err:  # reported by the parent
+        queue.put(f"{type(err).__name__}: {err}")
+
+
+def growth_sweep(args) -> dict:
+    """How a GroupCollector batch's time and memory grow with K, B, horizon and slots."""
+    n = args.slots
+    base = dict(k=args.k, contexts=args.contexts, horizon=args.horizon, slots=n)
+    sweeps = dict(k=[2, 4, 8], contexts=[1, 2, 4], horizon=[max(1, args.horizon // 2), args.horizon, 2 * args.horizon],
+                  slots=sorted({1, n, 2 * n}))
+    rows = []
+    for vary, values in sweeps.items():
+        for v in values:
+            cfg = {**base, vary: v}
+            # a fresh process per configuration: its peak RSS is this configuration's
+            # alone (memory freed by an earlier one stays in this process's allocator)
+            ctx = mp.get_context("spawn")
+            queue = ctx.Queue()
+            child = ctx.Process(target=_growth_child, args=(args, cfg, queue))
+            child.start()
+            r = queue.get()
+            child.join()
+            if isinstance(r, str):
+                raise RuntimeError(f"growth configuration {cfg} failed: {r}")
+            row = dict(vary=vary, **cfg, trajs_per_batch=cfg["k"] * cfg["contexts"],
+                       wall_per_batch_s=r["wall_per_batch_s"], decisions_per_s=r["decisions_per_s"],
+                       decisions_per_batch=r["decisions"] / r["batches"], bytes_per_rollout=r["bytes_per_rollout"],
+                       batch_mb=r["batch_bytes"] / 2**20, main_peak_rss_mb=r["main_peak_rss_mb"],
+                       main_rss_start_mb=r["main_rss_start_mb"],
+                       main_peak_growth_mb=r["main_peak_rss_mb"] - r["main_rss_start_mb"],
+                       worker_peak_rss_mb=r["worker_peak_rss_mb"], load_avg=r["load_avg"])
+            rows.append(row)
+            print(f"  growth {vary}={v}: {row['wall_per_batch_s']:.2f} s/batch, main peak {row['main_peak_rss_mb']:.0f} MB "
+                  f"(+{row['main_peak_growth_mb']:.0f})", file=sys.stderr, flush=True)
+    # memory per stored rollout: least-squares slope over B of the main process's peak RSS
+    # above its RSS when the collector was built
+    pts = [(r["trajs_per_batch"], r["main_peak_growth_mb"]) for r in rows if r["vary"] in ("k", "contexts")]
+    mx = statistics.mean(x for x, _ in pts)
+    my = statistics.mean(y for _, y in pts)
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    slope = sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx else float("nan")
+    return dict(rows=rows, main_peak_rss_mb_per_rollout=slope,
+                stored_mb_per_rollout=statistics.mean(r["bytes_per_rollout"] for r in rows if r["vary"] != "horizon")
+                / 2**20)
+
+
+def in_flight_sweep(args) -> list[dict]:
+    """Waste with keep_in_flight off (rollouts simulated then dropped) vs on, at K=8, B=32/64."""
+    rows = []
+    for slots, b, keep in [(s, b, keep) for s in (args.in_flight_slots or [args.slots]) for b in (32, 64)
+                           for keep in (False, True)]:
+        r = measure_group(args, slots, name="in_flight", k=8, contexts_n=b // 8, keep_in_flight=keep,
+                          measure_s=0.0, min_batches=3)
+        rows.append(dict(
+            k=8, trajs_per_batch=b, slots=slots, keep_in_flight=keep, batches=r["batches"],
+            discarded_per_batch=r["rollouts_discarded"] / r["batches"],
+            carried_per_batch=statistics.mean(r["rollouts_carried"]),
+            simulated_decisions=r["simulated_decisions"], delivered_decisions=r["decisions"],
+            # without carry-over every simulated decision is delivered or dropped within its batch;
+            # with it, work crosses batch boundaries and the waste is the discarded (stale) rollouts
+            wasted_fraction=None if keep else 1 - r["decisions"] / r["simulated_decisions"],
+            decisions_per_s=r["decisions_per_s"], wall_per_batch_s=r["wall_per_batch_s"],
+            max_staleness=r["max_staleness"], load_avg=r["load_avg"]))
+        print(f"  in-flight B={b} keep={keep}: {rows[-1]['discarded_per_batch']:.2f} discarded/batch, "
+              f"{rows[-1]['decisions_per_s']:.1f} decisions/s", file=sys.stderr, flush=True)
+    return rows
+
+
 def _row(name, r, limit):
-    return (f"{name:<22}{r['workers']:>8}{r['decisions_per_s']:>12.1f}{r['env_steps_per_s']:>12.1f}"
-            f"{r['rollouts_per_s']:>11.2f}{r['decisions_per_s'] / limit:>10.2f}")
+    lo, hi = min(r["rounds_decisions_per_s"]), max(r["rounds_decisions_per_s"])
+    load = r["rounds_load_avg"]
+    return (f"{name:<22}{r['slots']:>6}{r['decisions_per_s']:>10.1f}{'':>2}[{lo:6.1f}-{hi:6.1f}]"
+            f"{r['env_steps_per_s']:>10.1f}{r['rollouts_per_s']:>9.2f}{r['decisions_per_s'] / limit:>7.2f}"
+            f"{r['cpu_ms_per_decision']:>9.1f}   {min(min(x) for x in load):.1f}-{max(max(x) for x in load):.1f}")
+
+
+def compare(args, policy_params: int) -> tuple[dict, list[str]]:
+    """Every path on the workload, in rounds; the JSON fields and the table lines."""
+    paths, rounds = run_paths(args, policy_params)
+    ratios = _ratios(paths)
+    round_ratios = []
+    for this in rounds:
+        stock = max(this[p]["decisions_per_s"] for p in STOCK_PATHS if p in this)
+        g = this["group"]["decisions_per_s"]
+        round_ratios.append(dict(group_vs_limit=g / this["limit"]["decisions_per_s"], group_vs_stock=g / stock,
+                                 group_vs_async_batched=g / this["async_batched"]["decisions_per_s"]))
+    group, limit = paths["group"], paths["limit"]
+    lim_ms = limit["per_decision_ms"]
+    breakdown = dict(group["time_breakdown"])
+    # worker-side estimate from the limit's per-decision split (spread over the slots)
+    breakdown["sim_worker_s_est"] = group["simulated_decisions"] * lim_ms["sim"] / 1e3 / group["slots"]
+    breakdown["render_worker_s_est"] = group["simulated_decisions"] * lim_ms["render"] / 1e3 / group["slots"]
+    cpu = group["cpu"]
+    breakdown["worker_busy_fraction"] = cpu["children_cpu_s"] / (cpu["wall_s"] * group["slots"])
+    breakdown["main_cpu_fraction"] = cpu["main_cpu_s"] / cpu["wall_s"]
+    lcpu = limit["cpu"]
+    breakdown["limit_worker_busy_fraction"] = lcpu["children_cpu_s"] / (lcpu["wall_s"] * limit["slots"])
+    fields = dict(
+        env_steps_per_s=group["env_steps_per_s"], decisions_per_s=group["decisions_per_s"],
+        rollouts_per_s=group["rollouts_per_s"], **ratios, round_ratios=round_ratios,
+        paths={name: {k: v for k, v in r.items() if k != "profile"} for name, r in paths.items()},
+        bytes_per_rollout={p: paths[p]["bytes_per_rollout"] for p in paths if "bytes_per_rollout" in paths[p]},
+        peak_rss_mb={p: dict(main=paths[p].get("main_peak_rss_mb"), worker=paths[p].get("worker_peak_rss_mb"))
+                     for p in paths},
+        group_time_breakdown=breakdown,
+    )
+    lim = limit["decisions_per_s"]
+    lines = [f"{'path':<22}{'slots':>6}{'dec/s':>10}{'  [rounds range]':>17}{'env st/s':>10}{'roll/s':>9}"
+             f"{'/limit':>7}{'cpu ms/d':>9}   load"]
+    for name in ["limit", *[p for p in STOCK_PATHS if p in paths], "sequential", "group", "group_lockstep",
+                 "group_keep", *[f"group_slots_x{m}_keep" for m in args.oversubscribe], "group_shm",
+                 *[f"group_shm_slots_x{m}_keep" for m in args.oversubscribe]]:
+        if name in paths:
+            lines.append(_row(name, paths[name], lim))
+    lines.append("  ".join(f"{k} {v:.2f}" for k, v in ratios.items() if isinstance(v, float))
+                 + f"  (best stock: {ratios['best_stock_path']})")
+    lines.append("group time (s): " + ", ".join(f"{k} {v:.2f}" for k, v in breakdown.items()))
+    lines.append("bytes/rollout: " + ", ".join(f"{p} {v / 1e6:.2f} MB" for p, v in fields["bytes_per_rollout"].items()))
+    return fields, lines
 
 
 def main(argv=None) -> dict:
     args = parse(argv)
-    if START_METHOD == "forkserver":
-        mp.set_forkserver_preload(PRELOAD)
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    mp.set_forkserver_preload(PRELOAD)
+    mp.set_start_method(START_METHOD, force=True)  # AsyncEnvPool's worker processes too
+    # One intra-op thread: with as many env processes as cores, a second thread
+    # mostly waits for a core (measured under load: 2.6 ms per tiny-policy call
+    # with 1 thread, 47-130 ms with 2). Same setting for every path.
+    torch.set_num_threads(args.policy_threads)
     t_start = time.perf_counter()
     load_start = _load()
-    n = args.workers
-    group_rollouts = args.k * args.contexts * args.iters
-    _, n_params = make_policy(args)
-    sweep = worker_counts(n) if not args.no_sweep else [n]
-
-    scaling = []
-    limits, groups = {}, {}
-    for w in sweep:
-        # the limit is measured right before and (unless --quick) right after
-        # the GroupCollector run and averaged: other load on the machine drifts
-        before = measure_limit(args, w, args.limit_s)
-        groups[w] = measure_group(args, w, profile=args.profile and w == n)
-        runs = [before] if args.quick else [before, measure_limit(args, w, args.limit_s)]
-        limits[w] = _mean_limit(runs)
-        scaling.append(dict(workers=w, limit_decisions_per_s=limits[w]["decisions_per_s"],
-                            group_decisions_per_s=groups[w]["decisions_per_s"],
-                            group_vs_limit=groups[w]["decisions_per_s"] / limits[w]["decisions_per_s"],
-                            load=groups[w]["load"]))
-    limit, group = limits[n], groups[n]
-    single = limits.get(1) or measure_limit(args, 1, args.limit_s)
-    limit_single_x_n = single["decisions_per_s"] * n
-    stock = measure_stock(args, n, group_rollouts)
-    stock_patient = None if args.quick else measure_stock(args, n, group_rollouts, patient_wait=True)
-    sequential = measure_sequential(args, args.contexts * args.iters)
-
-    # where GroupCollector's time goes: sim and render from the limit run's
-    # per-decision split (done in the workers, in parallel), the rest measured
-    lim_ms = limit["per_decision_ms"]
-    decisions = group["decisions_per_s"] * group["wall_s"]
-    sim_worker_s = decisions * lim_ms["sim"] / 1e3 / n
-    render_worker_s = decisions * lim_ms["render"] / 1e3 / n
-    breakdown = dict(
-        wall_s=group["wall_s"], policy_s=group["policy_s"], env_step_s=group["env_s"],
-        sim_s_est=sim_worker_s, render_s_est=render_worker_s,
-        transfer_and_wait_s_est=group["env_s"] - sim_worker_s - render_worker_s,
-        context_reset_s=group["reset_s"], record_and_finish_s=group["bookkeeping_s"],
-        other_s=group["other_s"] - group["reset_s"] - group["bookkeeping_s"],
-    )
-
-    growth = []
-    if args.growth:
-        base = dict(k=args.k, contexts=args.contexts, horizon=args.horizon)
-        for name, values in (("k", [2, 4, 8]), ("contexts", [1, 2, 4]), ("horizon", [args.horizon // 2, args.horizon, 2 * args.horizon])):
-            for v in values:
-                cfg = {**base, name: v}
-                r = measure_group(args, n, k=cfg["k"], contexts_n=cfg["contexts"], horizon=cfg["horizon"], iters=1)
-                growth.append(dict(vary=name, **cfg, wall_per_batch_s=r["wall_per_iter_s"],
-                                   decisions=r["decisions_per_s"] * r["wall_s"],
-                                   decisions_per_s=r["decisions_per_s"], load=r["load"]))
-
+    policy_params = n_params(make_policy(args))
+    fields, lines = ({}, []) if args.sweeps_only else compare(args, policy_params)
+    growth = growth_sweep(args) if args.growth else None
+    in_flight = in_flight_sweep(args) if args.in_flight else None
+    profile = None
+    if args.profile:
+        profile = measure_group(args, args.slots, name="group_profiled", profile=True)["profile"]
+    load_end = _load()
     result = dict(
-        benchmark="collector_throughput",
-        config=dict(env=args.env, task=args.task, image_size=args.image_size, cameras=args.cameras,
-                    k=args.k, contexts=args.contexts, horizon=args.horizon, chunk=args.chunk,
-                    policy=args.policy, policy_params=n_params, workers=n, iters=args.iters,
-                    quick=args.quick, torch_threads=torch.get_num_threads()),
-        machine=dict(cpus=os.cpu_count(), platform=platform.platform(), load_start=load_start, load_end=_load()),
-        env_steps_per_s=group["env_steps_per_s"],
-        decisions_per_s=group["decisions_per_s"],
-        rollouts_per_s=group["rollouts_per_s"],
-        group_vs_limit=group["decisions_per_s"] / limit["decisions_per_s"],
-        group_vs_limit_single_x_n=group["decisions_per_s"] / limit_single_x_n,
-        group_vs_stock=group["decisions_per_s"] / stock["decisions_per_s"],
-        group_vs_sequential=group["decisions_per_s"] / sequential["decisions_per_s"],
-        limit=limit, limit_single_x_n=dict(decisions_per_s=limit_single_x_n, env_steps_per_s=limit_single_x_n * args.chunk),
-        stock=stock, stock_with_patient_wait=stock_patient, sequential=sequential, group={k: v for k, v in group.items() if k != "profile"},
-        bytes_per_rollout=dict(group=group["bytes_per_rollout"], stock=stock["bytes_per_rollout"]),
-        peak_rss_mb=dict(main_group=group["main_peak_rss_mb"], worker_group=group["worker_peak_rss_mb"],
-                         main_stock=stock["main_peak_rss_mb"], worker_stock=stock["worker_peak_rss_mb"],
-                         worker_limit=limit["worker_peak_rss_mb"]),
-        group_time_breakdown=breakdown, scaling=scaling, growth=growth,
+        benchmark="collector_throughput", env=args.env,
+        config=dict(env=args.env, task=task_name(args), image_size=args.image_size, cameras=args.cameras,
+                    k=args.k, contexts=args.contexts, horizon=args.horizon, chunk=args.chunk, policy=args.policy,
+                    policy_params=policy_params, slots=args.slots, oversubscribe=args.oversubscribe,
+                    rounds=args.rounds, measure_s=args.measure_s, quick=args.quick,
+                    torch_threads=torch.get_num_threads(), start_method=START_METHOD,
+                    command=" ".join(["python", "benchmarks/collector_throughput.py", *(sys.argv[1:] if argv is None
+                                                                                       else argv)])),
+        machine=dict(cpus=os.cpu_count(), platform=platform.platform()),
+        load_avg=dict(start=load_start, end=load_end),
+        **fields, growth=growth, in_flight=in_flight, profile=profile,
         total_wall_s=time.perf_counter() - t_start,
     )
 
-    lim = limit["decisions_per_s"]
-    print(f"workload: {args.task}, {len(args.cameras)} cam x {args.image_size}px, K={args.k}, "
-          f"{args.contexts} contexts/batch, horizon {args.horizon} x chunk {args.chunk}, "
-          f"policy {args.policy} ({n_params} params), {n} workers; load {load_start} -> {_load()}")
-    print(f"{'path':<22}{'workers':>8}{'decisions/s':>12}{'env_steps/s':>12}{'rollouts/s':>11}{'vs limit':>10}")
-    print(_row("limit (concurrent)", limit, lim))
-    print(f"{'limit (1 proc x N)':<22}{n:>8}{limit_single_x_n:>12.1f}{limit_single_x_n * args.chunk:>12.1f}"
-          f"{limit_single_x_n / args.horizon:>11.2f}{limit_single_x_n / lim:>10.2f}")
-    print(_row("torchrl stock", stock, lim))
-    if stock_patient:
-        print(_row("stock + patient wait", stock_patient, lim))
-    print(_row(f"sequential (K={args.k} envs)", sequential, lim))
-    print(_row("GroupCollector", group, lim))
-    print(f"group/limit {result['group_vs_limit']:.2f}  group/stock {result['group_vs_stock']:.2f}  "
-          f"group/sequential {result['group_vs_sequential']:.2f}")
-    print("scaling: " + ", ".join(f"{s['workers']}w group {s['group_decisions_per_s']:.1f} / limit "
-                                   f"{s['limit_decisions_per_s']:.1f} = {s['group_vs_limit']:.2f}" for s in scaling))
-    print("group time (s): " + ", ".join(f"{k} {v:.2f}" for k, v in breakdown.items()))
-    print(f"bytes/rollout: group {group['bytes_per_rollout']:.0f}, stock {stock['bytes_per_rollout']:.0f}; "
-          f"peak RSS MB: main {group['main_peak_rss_mb']:.0f}, worker {group['worker_peak_rss_mb']:.0f}")
-    for g in growth:
-        print(f"growth {g['vary']:<9} K={g['k']} contexts={g['contexts']} horizon={g['horizon']}: "
-              f"{g['wall_per_batch_s']:.2f} s/batch, {g['decisions_per_s']:.1f} decisions/s")
-    if args.profile and "profile" in group:
-        print(group["profile"])
+    print(f"workload: {args.env} {task_name(args)}, {len(args.cameras)} cam x {args.image_size}px, K={args.k}, "
+          f"{args.contexts} contexts/batch, horizon {args.horizon} x chunk {args.chunk}, policy {args.policy} "
+          f"({policy_params} params), {args.slots} slots, {args.rounds} round(s) x {args.measure_s:g} s; "
+          f"load {load_start} -> {load_end}")
+    for line in lines:
+        print(line)
+    if growth:
+        for g in growth["rows"]:
+            print(f"growth {g['vary']:<9} K={g['k']} B={g['trajs_per_batch']} T={g['horizon']} slots={g['slots']}: "
+                  f"{g['wall_per_batch_s']:.2f} s/batch, {g['decisions_per_s']:.1f} dec/s, main peak "
+                  f"{g['main_peak_rss_mb']:.0f} MB (+{g['main_peak_growth_mb']:.0f}), worker peak "
+                  f"{g['worker_peak_rss_mb']:.0f} MB")
+        print(f"memory per stored rollout: {growth['stored_mb_per_rollout']:.2f} MB stored, "
+              f"{growth['main_peak_rss_mb_per_rollout']:.2f} MB of the main process's peak RSS (slope over B)")
+    for row in in_flight or []:
+        print(f"in-flight K=8 B={row['trajs_per_batch']} slots={row['slots']} keep={row['keep_in_flight']}: "
+              f"{row['discarded_per_batch']:.2f} discarded/batch, {row['carried_per_batch']:.2f} carried/batch, "
+              + (f"wasted {100 * row['wasted_fraction']:.1f}% of simulated decisions, "
+                 if row["wasted_fraction"] is not None else "")
+              + f"{row['decisions_per_s']:.1f} dec/s, staleness {row['max_staleness']}")
+    if profile:
+        print(profile)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
