@@ -118,7 +118,6 @@ def pretrain_stage(cfg, out: Path, build) -> tuple:
 def main(cfg: DictConfig) -> None:
     start = time.perf_counter()
     out = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
-    set_num_threads(cfg.threads)
     modes = exploration_modes(cfg.eval.exploration)  # a bad name fails before any work
     torch.manual_seed(cfg.ript.seed)
     build = policy_build(cfg, IMAGE_KEYS[: len(cfg.env.cameras)])
@@ -133,6 +132,7 @@ def main(cfg: DictConfig) -> None:
         sampling=OmegaConf.to_container(cfg.policy.sampling) if cfg.policy.kind == "quest" else None,
         progress=cfg.progress,
     )
+    set_num_threads(cfg.threads)  # SFT used every core; rollouts leave them to the env workers
     config = ript_config(OmegaConf.to_container(cfg.ript, resolve=True), bundle, max_env_steps=cfg.env.max_steps)
     env_fn = partial(MetaWorldEnv, task_names=list(cfg.tasks), camera_names=tuple(cfg.env.cameras),
                      image_size=cfg.env.image_size, max_steps=cfg.env.max_steps,
