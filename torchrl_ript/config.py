@@ -9,11 +9,51 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
-__all__ = ["RIPTConfig", "ConfigError", "validate_ript_config", "PAPER_PRESETS"]
+__all__ = ["RIPTConfig", "ConfigError", "check_group_sizes", "validate_ript_config", "PAPER_PRESETS"]
 
 
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message says how to fix it."""
+
+
+def check_group_sizes(
+    group_size: int,
+    batch_size: int | None = None,
+    *,
+    max_context_draws: int | None = None,
+) -> None:
+    """The one check of K (``group_size``), B (``batch_size``) and the draw guard.
+
+    Used by :func:`validate_ript_config`, the collector and the advantage
+    transform, so the rules and their messages are the same everywhere.
+
+    Examples:
+        >>> check_group_sizes(8, 24)
+        >>> check_group_sizes(8, 20)
+        Traceback (most recent call last):
+        ...
+        torchrl_ript.config.ConfigError: batch_size (B=20) must be a multiple of group_size (K=8): try batch_size=16 or 24.
+    """
+    k = int(group_size)
+    if k < 2:
+        raise ConfigError(
+            f"group_size (K={group_size}) must be >= 2: the leave-one-out baseline "
+            "needs at least one other rollout of the same context."
+        )
+    if batch_size is None:
+        return
+    b = int(batch_size)
+    if b < k or b % k:
+        low = max(k, b // k * k)
+        raise ConfigError(
+            f"batch_size (B={batch_size}) must be a multiple of group_size "
+            f"(K={group_size}): try batch_size={low} or {low + k}."
+        )
+    if max_context_draws is not None and int(max_context_draws) < b // k:
+        raise ConfigError(
+            f"max_context_draws={max_context_draws} cannot fill B={b} with groups of "
+            f"K={k}: use at least {b // k}."
+        )
 
 
 @dataclass
@@ -99,17 +139,7 @@ def validate_ript_config(config: RIPTConfig) -> RIPTConfig:
         torchrl_ript.config.ConfigError: batch_size (B=20) must be a multiple of group_size (K=8): try batch_size=16 or 24.
     """
     c = config
-    if c.group_size < 2:
-        raise ConfigError(
-            f"group_size (K={c.group_size}) must be >= 2: the leave-one-out baseline "
-            "needs at least one other rollout of the same context."
-        )
-    if c.batch_size < c.group_size or c.batch_size % c.group_size:
-        low = max(c.group_size, c.batch_size // c.group_size * c.group_size)
-        raise ConfigError(
-            f"batch_size (B={c.batch_size}) must be a multiple of group_size "
-            f"(K={c.group_size}): try batch_size={low} or {low + c.group_size}."
-        )
+    check_group_sizes(c.group_size, c.batch_size, max_context_draws=c.max_context_draws)
     for name in ("num_steps", "ppo_epochs", "minibatch_size", "max_decisions", "num_envs",
                  "eval_every"):
         value = getattr(c, name)
@@ -127,11 +157,6 @@ def validate_ript_config(config: RIPTConfig) -> RIPTConfig:
         raise ConfigError(f"ratio must be 'trajectory' or 'step', got {c.ratio!r}.")
     if c.scheduler not in ("constant", "cosine"):
         raise ConfigError(f"scheduler must be 'constant' or 'cosine', got {c.scheduler!r}.")
-    if c.max_context_draws is not None and c.max_context_draws < c.batch_size // c.group_size:
-        raise ConfigError(
-            f"max_context_draws={c.max_context_draws} cannot fill B={c.batch_size} with "
-            f"groups of K={c.group_size}: use at least {c.batch_size // c.group_size}."
-        )
     if c.minibatch_size > c.batch_size:
         raise ConfigError(
             f"minibatch_size={c.minibatch_size} exceeds batch_size={c.batch_size}: "

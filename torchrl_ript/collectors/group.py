@@ -3,54 +3,25 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 import torch
-from tensordict import NonTensorStack, TensorDict, TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from tensordict.utils import NestedKey
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, ReplayBuffer
+from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+from torchrl_ript.collectors.engine import EngineTimes, Rollout, RolloutEngine, as_env_pool
+from torchrl_ript.collectors.layout import StepRecorder, trajectory_row
+from torchrl_ript.collectors.stats import CollectionStats
+from torchrl_ript.config import check_group_sizes
 from torchrl_ript.data.context import ContextDataset
-from torchrl_ript.collectors.engine import Rollout, RolloutEngine
 from torchrl_ript.transforms import RLOOAdvantage, ZeroAdvantageFilter
 
 __all__ = ["GroupCollector", "CollectionStats", "make_ript_replay_buffer"]
-
-
-@dataclass
-class CollectionStats:
-    """What one collection iteration did (``GroupCollector.last_stats``)."""
-
-    contexts_drawn: int = 0
-    groups_completed: int = 0
-    groups_kept: int = 0
-    # uniform groups: rejected with dynamic sampling on; kept (and in groups_kept) when it is off
-    groups_all_success: int = 0
-    groups_all_failure: int = 0
-    rollouts_finished: int = 0
-    rollouts_kept: int = 0
-    rollouts_discarded: int = 0  # in flight or past B when the batch filled up
-    successes: int = 0
-    decision_steps: int = 0
-    env_steps: int = 0
-    wall_s: float = 0.0
-    policy_s: float = 0.0
-    env_s: float = 0.0  # env.step: workers' sim + render, transfers, waiting
-    bookkeeping_s: float = 0.0  # recording decisions, finished rollouts, buffer writes
-    reset_s: float = 0.0  # context resets of freed env slots
-    hit_draw_limit: bool = False
-
-    @property
-    def success_rate(self) -> float:
-        return self.successes / max(self.rollouts_finished, 1)
-
-    def as_dict(self) -> dict:
-        out = {k: v for k, v in self.__dict__.items()}
-        out["success_rate"] = self.success_rate
-        out["env_steps_per_s"] = self.env_steps / max(self.wall_s, 1e-9)
-        return out
 
 
 def make_ript_replay_buffer(
@@ -65,41 +36,68 @@ def make_ript_replay_buffer(
 
     Examples:
         >>> rb = make_ript_replay_buffer(8, 4)
-        >>> [type(t).__name__ for t in rb._transform]
+        >>> [type(t).__name__ for t in rb.transform]
         ['RLOOAdvantage', 'ZeroAdvantageFilter']
     """
     rb = ReplayBuffer(storage=LazyTensorStorage(batch_size), batch_size=None)
     rb.append_transform(RLOOAdvantage(group_size, group_key=group_key, reward_key=reward_key))
     if dynamic_sampling:
-        rb.append_transform(ZeroAdvantageFilter(group_key=group_key, reward_key=reward_key))
+        rb.append_transform(
+            ZeroAdvantageFilter(group_key=group_key, reward_key=reward_key, group_size=group_size)
+        )
     return rb
+
+
+@dataclass
+class _Group:
+    """A drawn context and the rows of its finished rollouts (released in draw order)."""
+
+    context_id: int
+    task_id: int
+    starts: torch.Tensor  # [K, D] the members' exact initial states
+    rows: dict[int, TensorDict] = field(default_factory=dict)  # member -> trajectory row
+    started: int = 0  # members started in the current attempt
+    version: int = 0  # policy version when its first member started
+    attempt: int = 0  # bumped when the group is rerun: older members are ignored
 
 
 class GroupCollector(Collector):
     """Collects K rollouts from each sampled context until B are informative.
 
-    Each iteration draws contexts from ``context_dataset``, resets K env slots
-    to exactly the same context (the context-reset contract of
-    :mod:`torchrl_ript.envs.common`), rolls them out with one batched policy
-    call per decision step for all busy envs, and writes each finished
-    trajectory through a replay buffer holding :class:`RLOOAdvantage` and
-    (with ``dynamic_sampling``) :class:`ZeroAdvantageFilter`. That filter is
-    the only rejection mechanism: the collector just keeps drawing contexts
-    until the buffer holds ``trajs_per_batch`` (B) rows, or
-    ``max_context_draws`` contexts were drawn (then it warns and returns what
-    it has). A freed env starts the next pending rollout at once, so short
-    rollouts do not wait for long ones.
+    Each iteration draws contexts from ``context_dataset`` and runs K rollouts
+    of each from exactly the same initial state on a TorchRL
+    :class:`~torchrl.envs.AsyncEnvPool` (see
+    :class:`~torchrl_ript.collectors.engine.RolloutEngine`: slots step without
+    a barrier, one policy call per decision step batched over the ready
+    slots, a freed slot starts the next pending rollout at once). Groups are
+    judged in **draw order** once all their K rollouts are in: each is written
+    through a replay buffer holding :class:`RLOOAdvantage` and (with
+    ``dynamic_sampling``) :class:`ZeroAdvantageFilter`, the only rejection
+    mechanism, until this iteration wrote B rows (or ``max_context_draws``
+    contexts were drawn: then it warns and returns what it has). Judging in
+    draw order makes a batch independent of the slots' timing: a seeded
+    deterministic policy gets identical batches however fast each env runs.
 
-    Each yielded trajectory is one row (``batch_size [B]``):
+    What was simulated but not used when B is reached (rollouts still running,
+    groups after the last one kept): with ``keep_in_flight=False`` (default)
+    the rollouts are dropped (``rollouts_discarded``) and those contexts rerun
+    first in the next batch, so no drawn context is skipped; with
+    ``keep_in_flight=True`` they continue into the next batch with the
+    log-probs of the policy that sampled them, each row records the
+    ``policy_version`` it started under (the collector's ``weights_version``,
+    which counts the batches collected: the trainer updates the weights
+    between batches), and groups more than ``max_staleness`` versions old
+    are rerun instead.
 
-    - ``group_id``, ``context_id``, ``task_id``: int64;
-    - ``reward`` ``[1]`` (1.0 on success), ``success`` ``[1]``, ``advantage`` ``[1]``;
-    - ``language_instruction``; ``length`` (decisions) and ``env_steps``;
-    - ``action_log_prob``: the trajectory log-prob (sum over decisions, Eq. 8);
-    - ``steps``: a ``[B, T]`` TensorDict (T = ``max_frames_per_traj``, zero
-      padded, ``("steps", "mask")`` marks real decisions) holding only what
-      the loss needs: the policy's observation inputs (images stay uint8),
-      the sampled action and its per-decision log-prob.
+    An env worker process that dies is replaced (``max_env_restarts`` times at
+    most); the groups it was running are rerun from their contexts, so every
+    yielded group is complete and exact.
+
+    Each yielded trajectory is one row (``batch_size [B]``), see
+    :mod:`torchrl_ript.collectors.layout`: ``group_id``, ``context_id``,
+    ``task_id``, ``reward`` ``[1]``, ``success`` ``[1]``, ``advantage`` ``[1]``,
+    ``language_instruction``, ``length``, ``env_steps``, ``policy_version``,
+    ``action_log_prob`` (sum over decisions) and ``steps`` ``[B, T]``.
 
     Under TorchRL's multi-process collectors, pass a ``functools.partial`` of
     this class as ``collector_class``; each worker draws its own contexts and
@@ -109,11 +107,10 @@ class GroupCollector(Collector):
                            max_frames_per_traj=T, collector_class=partial(
                                GroupCollector, context_dataset=contexts, group_size=K))
 
-    It yields ``[num_workers, B]`` batches (``batch.reshape(-1)`` for rows).
-
     Args:
-        create_env_fn: a batched env (e.g. :class:`~torchrl.envs.ParallelEnv`
-            of single envs speaking the context contract), or a callable
+        create_env_fn: an :class:`~torchrl.envs.AsyncEnvPool` of context envs,
+            a ``ParallelEnv``/``SerialEnv`` (rebuilt as a pool, see
+            :func:`~torchrl_ript.collectors.engine.as_env_pool`), or a callable
             building one.
         policy: the rollout policy (e.g. from
             :func:`~torchrl_ript.modules.make_rollout_policy`).
@@ -123,16 +120,29 @@ class GroupCollector(Collector):
         group_size (int): K, rollouts per context (>= 2).
         trajs_per_batch (int): B, informative rollouts per batch (a multiple of K).
         max_frames_per_traj (int): T, decision steps per rollout at most.
-        max_context_draws (int, optional): contexts drawn per batch at most.
+        max_context_draws (int, optional): new contexts drawn per batch at most.
             Defaults to ``10 * B // K``.
         dynamic_sampling (bool): drop all-success/all-failure groups. With
             ``False`` every group counts (the paper's ablation). Defaults to True.
+        keep_in_flight (bool): carry unused rollouts over to the next batch
+            (see above). Defaults to False.
+        max_staleness (int): with ``keep_in_flight``, the oldest policy
+            version (batches behind) a kept group may have started under.
+            Defaults to 1.
+        max_env_restarts (int): dead env workers replaced at most this many
+            times before an error. Defaults to 3.
+        lockstep (bool): step the env slots with a barrier (see
+            :class:`~torchrl_ript.collectors.engine.RolloutEngine`): slower, but
+            runs with a stochastic policy become bit-reproducible (e.g. an
+            exact resume from a checkpoint). Defaults to False.
         replay_buffer (ReplayBuffer, optional): write into this buffer (it
             should carry the RLOO/filter transforms, see
             :func:`make_ript_replay_buffer`) and yield ``None``, as TorchRL
             collectors do. Default: an internal buffer, and batches are yielded.
         total_frames (int): trajectories to collect in all; ``-1`` = forever.
         exploration_type: defaults to ``ExplorationType.RANDOM`` (sampling).
+        observation_keys (list of keys, optional): the policy inputs to store
+            (default: the policy's ``in_keys`` minus the instruction).
         seed (int, optional): seed of the context draws.
 
     Examples:
@@ -158,11 +168,6 @@ class GroupCollector(Collector):
         >>> collector.shutdown()
     """
 
-    #: record decisions into a preallocated [n_slots, T] buffer (one write per
-    #: step for all slots) instead of per-slot records stacked at the end;
-    #: both give identical batches (set False to compare)
-    batched_record: bool = True
-
     @dataclass
     class _AcceptedKeys:
         """Keys the collector reads and writes (change with ``set_keys``).
@@ -173,7 +178,7 @@ class GroupCollector(Collector):
                 token actor); defaults to ``action``.
             log_prob: the per-decision log-prob written by the actor.
             instruction: the language instruction (stored once per trajectory).
-            done, success, reward, task_id: env outputs.
+            done, success, reward, task_id, env_steps: env outputs.
         """
 
         action: NestedKey = "action"
@@ -197,6 +202,10 @@ class GroupCollector(Collector):
         max_frames_per_traj: int,
         max_context_draws: int | None = None,
         dynamic_sampling: bool = True,
+        keep_in_flight: bool = False,
+        max_staleness: int = 1,
+        max_env_restarts: int = 3,
+        lockstep: bool = False,
         replay_buffer: ReplayBuffer | None = None,
         total_frames: int = -1,
         exploration_type: ExplorationType = ExplorationType.RANDOM,
@@ -204,6 +213,7 @@ class GroupCollector(Collector):
         seed: int | None = None,
         worker_idx: int | None = None,
         frames_per_batch: int | None = None,
+        create_env_kwargs: dict | None = None,
         **kwargs,
     ) -> None:
         # Under TorchRL's multi-process collectors the worker is built with the
@@ -214,12 +224,17 @@ class GroupCollector(Collector):
         if trajs_per_batch is None:
             raise TypeError("GroupCollector needs trajs_per_batch= (B, rollouts per batch).")
         for fixed in ("use_buffers", "trust_policy", "track_traj_ids", "split_trajs",
-                      "trajs_per_write", "traj_pool", "reset_at_each_iter", "compact_obs"):
+                      "trajs_per_write", "traj_pool", "reset_at_each_iter", "compact_obs",
+                      "trajs_per_batch"):
             kwargs.pop(fixed, None)
         for maybe_none in ("postproc", "init_random_frames", "interruptor"):
             if kwargs.get(maybe_none, 0) is None:
                 kwargs.pop(maybe_none)
-        _check_sizes(group_size, trajs_per_batch, max_frames_per_traj, max_context_draws)
+        check_group_sizes(group_size, trajs_per_batch, max_context_draws=max_context_draws)
+        if int(max_frames_per_traj) < 1:
+            raise ValueError(f"max_frames_per_traj must be >= 1, got {max_frames_per_traj}.")
+        if int(max_staleness) < 0:
+            raise ValueError(f"max_staleness must be >= 0 policy versions, got {max_staleness}.")
         if not isinstance(context_dataset, ContextDataset):
             raise TypeError(
                 f"context_dataset must be a ContextDataset, got {type(context_dataset).__name__}."
@@ -229,18 +244,18 @@ class GroupCollector(Collector):
         self.batch_trajs = int(trajs_per_batch)
         self.horizon = int(max_frames_per_traj)
         self.max_context_draws = (
-            int(max_context_draws)
-            if max_context_draws is not None
-            else 10 * self.batch_trajs // self.group_size
+            int(max_context_draws) if max_context_draws is not None else 10 * self.batch_trajs // self.group_size
         )
         self.dynamic_sampling = bool(dynamic_sampling)
+        self.keep_in_flight = bool(keep_in_flight)
+        self.max_staleness = int(max_staleness)
+        self.max_env_restarts = int(max_env_restarts)
+        self.lockstep = bool(lockstep)
         self._user_rb = replay_buffer is not None
         self._rb = (
             replay_buffer
             if replay_buffer is not None  # an empty buffer is falsy
-            else make_ript_replay_buffer(
-                self.batch_trajs, self.group_size, dynamic_sampling=self.dynamic_sampling
-            )
+            else make_ript_replay_buffer(self.batch_trajs, self.group_size, dynamic_sampling=self.dynamic_sampling)
         )
         self._generator = torch.Generator()
         if seed is not None:
@@ -248,13 +263,19 @@ class GroupCollector(Collector):
             self._generator.manual_seed(seed + (worker_idx or 0))
         self._tensor_keys = self._AcceptedKeys()
         self._observation_keys = observation_keys
-        self._next_group = 0
-        self._next_traj = 0
         # group and trajectory ids stay unique across workers of a multi-process collector
-        self._group_offset = 0 if worker_idx is None else int(worker_idx) << 40
+        self._id_offset = 0 if worker_idx is None else int(worker_idx) << 40
+        self._next_group = 0
+        self._groups: dict[int, _Group] = {}
+        self._order: deque[int] = deque()  # unreleased group ids, in draw order
+        self._pending: deque[Rollout] = deque()  # rollouts not started yet
+        self.weights_version = 0
+        self.trajectories_collected = 0
         self.last_stats = CollectionStats()
+        self._engine: RolloutEngine | None = None
+        self._recorder: StepRecorder | None = None
         super().__init__(
-            create_env_fn,
+            _as_pool(create_env_fn, create_env_kwargs),
             policy,
             frames_per_batch=self.batch_trajs,
             total_frames=total_frames,
@@ -267,11 +288,6 @@ class GroupCollector(Collector):
             auto_register_policy_transforms=kwargs.pop("auto_register_policy_transforms", False),
             **kwargs,
         )
-        if len(self.env.batch_size) != 1:
-            raise ValueError(
-                "GroupCollector needs a batched env with one batch dim (e.g. ParallelEnv), "
-                f"got batch_size {tuple(self.env.batch_size)}."
-            )
 
     # -- keys -----------------------------------------------------------------
     @property
@@ -298,245 +314,240 @@ class GroupCollector(Collector):
             return list(self._observation_keys)
         keys = getattr(self.policy, "in_keys", None)
         if keys is None:
-            raise ValueError(
-                "cannot tell which observations the policy reads: pass observation_keys=."
-            )
-        return [key for key in keys if key != self._tensor_keys.instruction]
+            raise ValueError("cannot tell which observations the policy reads: pass observation_keys=.")
+        return [key for key in dict.fromkeys(keys) if key != self._tensor_keys.instruction]
+
+    # -- context stream --------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The context stream's state (generator, next group id, groups to rerun, version).
+
+        With ``keep_in_flight=False`` this is all a resumed run needs to draw
+        exactly the contexts an uninterrupted run would; rollouts carried over
+        with ``keep_in_flight=True`` are rerun from their contexts instead.
+        """
+        return {
+            "generator": self._generator.get_state(),
+            "next_group": self._next_group,
+            "weights_version": self.weights_version,
+            "trajectories_collected": self.trajectories_collected,
+            "unreleased": [(gid, self._groups[gid].context_id, self._groups[gid].task_id,
+                            self._groups[gid].starts) for gid in self._order],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (before the next batch is collected)."""
+        self._generator.set_state(state["generator"])
+        self._next_group = int(state["next_group"])
+        self.weights_version = int(state["weights_version"])
+        self.trajectories_collected = int(state["trajectories_collected"])
+        if self._engine is not None:
+            self._engine.abandon()
+        self._groups, self._order, self._pending = {}, deque(), deque()
+        for gid, context_id, task_id, starts in state["unreleased"]:
+            self._groups[gid] = _Group(context_id, task_id, starts=starts)
+            self._order.append(gid)
+            self._pending.extend(self._members(gid))
+
+    def _add_group(self, gid: int, context_id: int, task_id: int) -> None:
+        # the K starts are fixed now, in draw order (with per-draw noise each
+        # member gets its own), so they never depend on which slot is free first
+        starts = self.context_dataset.initial_states(torch.full((self.group_size,), context_id),
+                                                     generator=self._generator)
+        self._groups[gid] = _Group(context_id, task_id, starts=starts)
+        self._order.append(gid)
+        self._pending.extend(self._members(gid))
+
+    def _members(self, gid: int) -> list[Rollout]:
+        group = self._groups[gid]
+        return [Rollout(group.context_id, group.task_id, gid, m, attempt=group.attempt,
+                        initial_state=group.starts[m]) for m in range(self.group_size)]
+
+    def _draw_group(self) -> None:
+        context = self.context_dataset.sample(1, generator=self._generator)
+        gid = self._id_offset + self._next_group
+        self._next_group += 1
+        self._add_group(gid, int(context["context_id"][0]), int(context["task_id"][0]))
+
+    def _rerun_groups(self, gids) -> int:
+        """Forget what these groups collected and queue them again (in draw order); rows dropped."""
+        gids = set(gids)
+        dropped = 0
+        for gid in gids:
+            group = self._groups[gid]
+            dropped += len(group.rows)
+            group.rows.clear()
+            group.started = 0
+            group.attempt += 1
+        self._pending = deque(r for r in self._pending if r.group_id not in gids)
+        fresh = [r for g in self._order if g in gids for r in self._members(g)]
+        self._pending.extendleft(reversed(fresh))
+        return dropped
 
     # -- collection -------------------------------------------------------------
+    def iterator(self):
+        """Yield batches (or ``None`` with a user replay buffer) until ``total_frames`` trajectories."""
+        while self.trajectories_collected < self.total_frames:
+            yield self.rollout()
+
     def rollout(self) -> TensorDictBase | None:
         """Collect one batch of B informative trajectories (see class doc)."""
-        stats = CollectionStats()
         start = time.perf_counter()
+        stats = CollectionStats()
+        keys = self._tensor_keys
         rb = self._rb
-        target = len(rb) + self.batch_trajs if self._user_rb else self.batch_trajs
         if not self._user_rb:
             rb.empty()
-        self._clear_pending()
-        filt = _find(rb, ZeroAdvantageFilter)
-        if filt is not None:
-            filt.reset_counters()
-        keys = self._tensor_keys
-        sampled_key = keys.sampled_action or keys.action
-        obs_keys = self._stored_observation_keys()
-        queue: list[Rollout] = []
+        engine = self._get_engine()
+        times_before = EngineTimes(**engine.times.__dict__)
+        version = self.weights_version
+        written = 0
+
+        # groups carried over from the previous batch and now too stale are rerun
+        stale = [g for g in self._order if self._groups[g].started
+                 and version - self._groups[g].version > self.max_staleness]
+        if stale:
+            stats.rollouts_discarded += self._rerun_groups(stale)
 
         def next_rollout() -> Rollout | None:
-            if not queue and stats.contexts_drawn < self.max_context_draws:
-                queue.extend(self._draw_group(stats))
-            return queue.pop(0) if queue else None
+            if not self._pending:
+                if stats.contexts_drawn >= self.max_context_draws:
+                    return None
+                self._draw_group()
+                stats.contexts_drawn += 1
+            rollout = self._pending.popleft()
+            rollout.policy_version = version
+            group = self._groups[rollout.group_id]
+            if not group.started:
+                group.version = version
+            group.started += 1
+            return rollout
 
-        def record(rollout: Rollout, out: TensorDictBase, _next: TensorDictBase) -> None:
-            rollout.steps.append(_decision_record(out, obs_keys, sampled_key, keys.log_prob))
-
-        # fast path: every decision goes straight into a preallocated
-        # [n_slots, T] buffer (one indexed write per key and step); a finished
-        # rollout's row is copied out once
-        buffer = _StepBuffer(self.env.batch_size[0], self.horizon, (*obs_keys, sampled_key, keys.log_prob))
-
-        def record_batch(slot_ids, rollouts, out, _next) -> None:
-            for slot, rollout in zip(slot_ids, rollouts):
-                rollout.slot = slot
-            buffer.write(slot_ids, [r.decisions for r in rollouts], out)
+        def on_decision(slots, rollouts, out) -> None:
+            log_prob = out.get(keys.log_prob, None)
+            if log_prob is not None and not torch.isfinite(log_prob).all():
+                raise ValueError(
+                    f"the policy wrote non-finite log-probs under {keys.log_prob!r} for the actions it "
+                    "sampled: PPO ratios would be NaN. Check the actor's distribution parameters "
+                    "(e.g. a scale of 0, or NaN logits from a diverged update)."
+                )
+            self._recorder.write(slots, [r.decisions for r in rollouts], out)
 
         def on_finish(rollout: Rollout) -> bool:
+            nonlocal written
             stats.rollouts_finished += 1
             stats.successes += int(rollout.success)
-            before = len(rb)
-            if self.batched_record:
-                rollout.steps = buffer.take(rollout.slot, rollout.decisions)
-            rb.extend(self._trajectory(rollout))
-            if len(rb) > before or _group_completed(rb, rollout.group_id):
-                stats.groups_completed += 1
-            stats.rollouts_kept += len(rb) - before
-            return len(rb) >= target
+            group = self._groups.get(rollout.group_id)
+            if group is None or group.attempt != rollout.attempt:  # its group was rerun meanwhile
+                stats.rollouts_discarded += 1
+                return False
+            group.rows[rollout.member] = self._row(rollout)
+            while self._order and len(self._groups[self._order[0]].rows) == self.group_size:
+                gid = self._order.popleft()
+                written += self._release(gid, self._groups.pop(gid), rb, stats, version)
+                if written >= self.batch_trajs:
+                    return True
+            return False
 
-        engine = RolloutEngine(
-            self.env,
-            self.policy,
-            self.context_dataset,
-            horizon=self.horizon,
-            record=None if self.batched_record else record,
-            record_batch=record_batch if self.batched_record else None,
-            action_key=keys.action,
-            done_key=keys.done,
-            success_key=keys.success,
-            instruction_key=keys.instruction,
-            env_steps_key=keys.env_steps,
-            generator=self._generator,
-        )
+        def on_lost(rollouts: list[Rollout]) -> None:
+            stats.rollouts_lost += len(rollouts)
+            stats.rollouts_discarded += self._rerun_groups({r.group_id for r in rollouts})
+
         with torch.no_grad(), set_exploration_type(self.exploration_type):
-            abandoned = engine.run(next_rollout, on_finish)
-        stats.rollouts_discarded = len(abandoned)
-        stats.decision_steps = engine.times.decision_steps
-        stats.env_steps = engine.times.env_steps
-        stats.policy_s = engine.times.policy_s
-        stats.env_s = engine.times.env_s
-        stats.bookkeeping_s = engine.times.bookkeeping_s
-        stats.reset_s = engine.times.reset_s
-        if len(rb) < target:
+            engine.on_decision = on_decision
+            abandoned = engine.run(next_rollout, on_finish, keep_in_flight=self.keep_in_flight,
+                                   on_lost=on_lost)
+        self.env = engine.env  # replaced if dead workers were restarted
+        if self.keep_in_flight:
+            stats.rollouts_carried = len(engine.in_flight) + sum(len(self._groups[g].rows) for g in self._order)
+        else:
+            stats.rollouts_discarded += len(abandoned) + self._rerun_groups(list(self._order))
+        self._fill_times(stats, engine.times, times_before)
+        if written < self.batch_trajs:
             stats.hit_draw_limit = True
             warnings.warn(
                 f"GroupCollector drew max_context_draws={self.max_context_draws} contexts "
-                f"but holds only {len(rb) - (target - self.batch_trajs)} of "
-                f"{self.batch_trajs} informative rollouts: the policy solves or fails "
-                "(almost) every context it was given. Returning what it has.",
+                f"but holds only {written} of {self.batch_trajs} informative rollouts: the "
+                "policy solves or fails (almost) every context it was given. Returning what it has.",
                 RuntimeWarning,
                 stacklevel=2,
             )
-        if filt is not None:
-            stats.groups_all_success = filt.dropped_all_success
-            stats.groups_all_failure = filt.dropped_all_failure
-            stats.groups_kept = filt.kept_groups
-        else:  # nothing is rejected: count the complete uniform (zero-advantage) groups kept
-            stats.groups_kept = stats.groups_completed
-            if len(rb):
-                rows = rb[: len(rb)]
-                stats.groups_all_success, stats.groups_all_failure = _uniform_groups(
-                    rows["group_id"], rows["reward"], self.group_size
-                )
-        self._clear_pending()
+        stats.rollouts_kept = written
         stats.wall_s = time.perf_counter() - start
         self.last_stats = stats
+        self.weights_version += 1
+        self.trajectories_collected += written
         if self._user_rb:
-            self._increment_frames(stats.rollouts_kept)
             return None
         if len(rb) == 0:
             return TensorDict(batch_size=[0])
-        return rb[: len(rb)]
+        # a copy: the buffer's storage is reused (overwritten) by the next batch
+        return rb[: len(rb)].clone()
 
-    def _draw_group(self, stats: CollectionStats) -> list[Rollout]:
-        context = self.context_dataset.sample(1, generator=self._generator)
-        stats.contexts_drawn += 1
-        group = self._group_offset + self._next_group
-        self._next_group += 1
-        return [
-            Rollout(int(context["context_id"][0]), int(context["task_id"][0]), group)
-            for _ in range(self.group_size)
-        ]
+    def _get_engine(self) -> RolloutEngine:
+        keys = self._tensor_keys
+        if self._engine is None:
+            self._engine = RolloutEngine(
+                self.env, self.policy, self.context_dataset, horizon=self.horizon,
+                action_key=keys.action, done_key=keys.done, success_key=keys.success,
+                instruction_key=keys.instruction, env_steps_key=keys.env_steps,
+                generator=self._generator, max_restarts=self.max_env_restarts,
+                extra_keys=self._stored_observation_keys(), lockstep=self.lockstep,
+            )
+            self._recorder = StepRecorder(
+                self._engine.num_slots, self.horizon, self._stored_observation_keys(),
+                keys.sampled_action or keys.action, keys.log_prob,
+            )
+        self._engine.policy = self.policy
+        return self._engine
 
-    def _trajectory(self, slot: Rollout) -> TensorDict:
-        self._next_traj += 1
-        success = slot.success
-        if isinstance(slot.steps, TensorDictBase):  # batched record: already [T], zero padded
-            steps = slot.steps
-            length = slot.decisions
-        else:
-            steps = torch.stack(slot.steps)
-            length = steps.shape[0]
-            if length < self.horizon:
-                pad = steps[:1].expand(self.horizon - length).clone().zero_()
-                steps = torch.cat([steps, pad])
-        mask = torch.zeros(self.horizon, dtype=torch.bool)
-        mask[:length] = True
-        steps.set("mask", mask)
-        log_prob = steps.get(self._tensor_keys.log_prob)
-        traj_log_prob = (log_prob * mask.to(log_prob.dtype)).sum()
-        traj = TensorDict(
-            {
-                "group_id": torch.tensor(slot.group_id),
-                "context_id": torch.tensor(slot.context_id),
-                "task_id": torch.tensor(slot.task_id),
-                "reward": torch.tensor([float(success)]),
-                "success": torch.tensor([success]),
-                "length": torch.tensor(length),
-                "env_steps": torch.tensor(slot.env_steps),
-                # TorchRL's trajectory id (multi-process collectors count these)
-                ("collector", "traj_ids"): torch.tensor(self._group_offset + self._next_traj),
-                self._tensor_keys.log_prob: traj_log_prob,
-                "steps": steps,
-            },
-            batch_size=[],
+    def _row(self, rollout: Rollout) -> TensorDict:
+        keys = self._tensor_keys
+        return trajectory_row(
+            self._recorder.take(rollout.slot, rollout.decisions),
+            length=rollout.decisions, group_id=rollout.group_id, context_id=rollout.context_id,
+            task_id=rollout.task_id, success=rollout.success, env_steps=rollout.env_steps,
+            traj_id=rollout.group_id * self.group_size + rollout.member,
+            policy_version=rollout.policy_version, instruction=rollout.instruction,
+            log_prob_key=keys.log_prob, instruction_key=keys.instruction,
         )
-        traj = traj.unsqueeze(0)
-        traj.set(self._tensor_keys.instruction, NonTensorStack(slot.instruction))
-        return traj
 
-    def _clear_pending(self) -> None:
-        for transform in self._rb._transform or []:
-            if hasattr(transform, "clear_pending"):
-                transform.clear_pending()
+    def _release(self, gid: int, group: _Group, rb: ReplayBuffer, stats: CollectionStats, version: int) -> int:
+        """Write a complete group through the buffer's transforms; the rows written."""
+        rows = torch.cat([group.rows[m] for m in range(self.group_size)])
+        rewards = rows.get(self._tensor_keys.reward).reshape(self.group_size, -1)[:, 0]
+        stats.groups_completed += 1
+        if bool((rewards == rewards[0]).all()):
+            if bool(rewards[0] > 0):
+                stats.groups_all_success += 1
+            else:
+                stats.groups_all_failure += 1
+        index = rb.extend(rows)  # the indices written: none when the filter dropped the group
+        n = 0 if index is None else int(torch.as_tensor(index).shape[0])
+        if n:
+            stats.groups_kept += 1
+            stats.max_staleness = max(stats.max_staleness, version - int(rows["policy_version"].min()))
+        return n
+
+    @staticmethod
+    def _fill_times(stats: CollectionStats, now: EngineTimes, before: EngineTimes) -> None:
+        stats.decision_steps = now.decision_steps - before.decision_steps
+        stats.env_steps = now.env_steps - before.env_steps
+        stats.policy_s = now.policy_s - before.policy_s
+        stats.env_wait_s = now.env_wait_s - before.env_wait_s
+        stats.reset_s = now.reset_s - before.reset_s
+        stats.bookkeeping_s = now.bookkeeping_s - before.bookkeeping_s
+        stats.env_restarts = now.restarts - before.restarts
 
     def shutdown(self, *args, **kwargs) -> None:
-        if not self.env.is_closed:
-            self.env.close()
+        if self._engine is not None:
+            self._engine.close()
+        elif not getattr(self, "_pool_closed", False):  # never collected: close the pool itself
+            self.env.close(raise_if_closed=False)
+        self._pool_closed = True
         super().shutdown(*args, **kwargs)
 
 
-def _check_sizes(group_size, batch, horizon, max_draws) -> None:
-    if int(group_size) < 2:
-        raise ValueError(f"group_size (K) must be >= 2 for leave-one-out advantages, got {group_size}.")
-    if int(batch) < 1 or int(batch) % int(group_size):
-        raise ValueError(
-            f"trajs_per_batch (B={batch}) must be a positive multiple of group_size "
-            f"(K={group_size}): e.g. B={int(group_size) * max(1, int(batch) // int(group_size))}."
-        )
-    if int(horizon) < 1:
-        raise ValueError(f"max_frames_per_traj must be >= 1, got {horizon}.")
-    if max_draws is not None and int(max_draws) < int(batch) // int(group_size):
-        raise ValueError(
-            f"max_context_draws={max_draws} cannot fill B={batch} with groups of "
-            f"K={group_size}: it must be >= B/K = {int(batch) // int(group_size)}."
-        )
-
-
-def _decision_record(out: TensorDictBase, obs_keys, sampled_key, log_prob_key) -> TensorDict:
-    record = out.select(*obs_keys, sampled_key, log_prob_key, strict=False)
-    missing = [k for k in (*obs_keys, sampled_key, log_prob_key) if k not in record.keys(True)]
-    if missing:
-        raise KeyError(
-            f"the policy output lacks {missing}: the collector stores the observations "
-            "the policy reads, the sampled action and its log-prob. Check the actor's "
-            "keys or GroupCollector.set_keys(...)."
-        )
-    return record.clone()
-
-
-class _StepBuffer:
-    """Decision records of the busy slots, ``[n_slots, T]``, allocated on first write."""
-
-    def __init__(self, n_slots: int, horizon: int, keys) -> None:
-        self.n_slots, self.horizon, self.keys = n_slots, horizon, list(keys)
-        self.td: TensorDict | None = None
-        self.leaves: list | None = None
-
-    def write(self, slot_ids: list[int], times: list[int], out: TensorDictBase) -> None:
-        if self.td is None:
-            record = _decision_record(out[:1], self.keys[:-2], self.keys[-2], self.keys[-1])[0]
-            self.td = record.expand(self.n_slots, self.horizon).clone().zero_()
-            self.leaves = [key for key in self.td.keys(True, True)]
-        ids = torch.tensor(slot_ids)
-        ts = torch.tensor(times)
-        for key in self.leaves:
-            self.td.get(key)[ids, ts] = out.get(key)
-
-    def take(self, slot: int, length: int) -> TensorDict:
-        steps = self.td[slot].clone()
-        if length < self.horizon:
-            steps[length:].zero_()
-        return steps
-
-
-def _find(rb: ReplayBuffer, cls):
-    for transform in rb._transform or []:
-        if isinstance(transform, cls):
-            return transform
-    return None
-
-
-def _uniform_groups(group_ids: torch.Tensor, rewards: torch.Tensor, group_size: int) -> tuple[int, int]:
-    """(all-success, all-failure) counts among the complete groups of a batch."""
-    ids, inverse, counts = group_ids.reshape(-1).unique(return_inverse=True, return_counts=True)
-    rewards = rewards.reshape(len(inverse), -1)[:, 0]
-    wins = torch.zeros(len(ids), dtype=rewards.dtype).index_add_(0, inverse, rewards)
-    complete = counts == group_size
-    return int((complete & (wins == group_size)).sum()), int((complete & (wins == 0)).sum())
-
-
-def _group_completed(rb: ReplayBuffer, group_id: int) -> bool:
-    # a group that was just scored and dropped is no longer pending anywhere
-    for transform in rb._transform or []:
-        queue = getattr(transform, "_queue", None)
-        if queue is not None and group_id in queue.pending:
-            return False
-    return True
+def _as_pool(create_env_fn, create_env_kwargs):
+    if not isinstance(create_env_fn, EnvBase):
+        create_env_fn = create_env_fn(**(create_env_kwargs or {}))
+    return as_env_pool(create_env_fn)

@@ -94,6 +94,13 @@ class EncoderConfig:
         )
         self.resnet_widths = tuple(self.resnet_widths)
         self.resnet_blocks = tuple(self.resnet_blocks)
+        if int(self.image_size) < 1:
+            raise ValueError(f"image_size must be >= 1 pixel, got {self.image_size}.")
+        if len(self.resnet_widths) != len(self.resnet_blocks) or not self.resnet_widths:
+            raise ValueError(
+                f"resnet_widths {self.resnet_widths} and resnet_blocks {self.resnet_blocks} must "
+                "have one entry per stage (the same, non-zero length)."
+            )
 
 
 class _BasicBlock(nn.Module):
@@ -152,6 +159,13 @@ class ResNetImageEncoder(nn.Module):
         self.proj = nn.Linear(c_in, out_dim)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if image.ndim < 3 or image.shape[-3] != 3 or min(image.shape[-2:]) < 1:
+            hint = (" (channels last? permute HWC images to CHW)" if image.ndim >= 3 and image.shape[-1] == 3
+                    else "")
+            raise ValueError(
+                f"the image encoder takes RGB images [..., 3, H, W], got shape {tuple(image.shape)}{hint}: "
+                "check the env's camera output and the policy's image keys."
+            )
         if image.dtype == torch.uint8:
             x = image.float().div(127.5).sub(1.0)
         else:

@@ -5,6 +5,12 @@ actions with a 5x Laplace scale, but scores the *plain* distribution, so the
 PPO ratio is computed for a policy that never acted. Here every sampling
 option (temperature, top-k, scale multiplier) is part of the distribution
 itself: ``sample`` and ``log_prob`` see the same modified distribution.
+
+Why not TorchRL's :class:`~torchrl.modules.MaskedCategorical` for top-k: its
+mask is an input the caller supplies per call, while the top-k support here
+is recomputed from the current logits at every ``log_prob`` (a token can leave
+the top-k after an update, which the PPO loss must see), and a decision is a
+*sequence* of tokens scored jointly.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from torchrl_ript.trainers.evaluate import (
     save_video,
 )
 from torchrl_ript.trainers.optim import make_optimizer, make_param_groups, make_scheduler
-from torchrl_ript.trainers.ript import RIPTTrainer
+from torchrl_ript.trainers.ript import CheckpointError, RIPTTrainer
 from torchrl_ript.trainers.stats import paired_success_test
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "make_optimizer",
     "make_param_groups",
     "make_scheduler",
+    "CheckpointError",
     "RIPTTrainer",
     "paired_success_test",
 ]

@@ -40,8 +40,12 @@ def evaluate_success(
     "num_rollouts", "env_steps", "videos"}`` where ``per_task`` maps task
     names to success rates, ``outcomes`` lists each context's success in
     context order (for paired tests, see
-    :func:`~torchrl_ript.trainers.stats.paired_success_test`) and ``videos`` holds up to ``record_videos`` ``[T, H, W, 3]`` uint8
-    frame arrays (one frame per decision, from ``frame_key``).
+    :func:`~torchrl_ript.trainers.stats.paired_success_test`) and ``videos``
+    holds up to ``record_videos`` ``[T, H, W, 3]`` uint8 frame arrays (the
+    frame each decision was taken on, from ``frame_key``).
+
+    ``env`` is an :class:`~torchrl.envs.AsyncEnvPool` (reused across calls), or
+    a ``ParallelEnv``/``SerialEnv`` rebuilt as a pool for this call.
 
     Examples:
         >>> import torch
@@ -67,22 +71,29 @@ def evaluate_success(
         index = pending.pop(0)
         return Rollout(index, int(contexts.task_ids[index]), group_id=index)
 
-    def record(rollout: Rollout, _out: TensorDictBase, row: TensorDictBase) -> None:
-        rollout.steps.append(None)
-        if rollout.context_id < record_videos:
-            frame = row.get(frame_key, None)
-            if frame is not None:
-                videos.setdefault(rollout.context_id, []).append(_to_hwc(frame))
+    def on_decision(slots, rollouts, out: TensorDictBase) -> None:
+        # the frame the policy acted on, one per decision
+        frames = out.get(frame_key, None) if record_videos else None
+        if frames is None:
+            return
+        for j, rollout in enumerate(rollouts):
+            if rollout.context_id < record_videos:
+                videos.setdefault(rollout.context_id, []).append(_to_hwc(frames[j]))
 
     def on_finish(rollout: Rollout) -> bool:
         finished.append(rollout)
         bar.update(1)
         return False
 
-    engine = RolloutEngine(env, policy, contexts, horizon=horizon, record=record)
-    with torch.no_grad(), set_exploration_type(exploration_type):
-        engine.run(next_rollout, on_finish)
-    bar.close()
+    engine = RolloutEngine(env, policy, contexts, horizon=horizon, on_decision=on_decision,
+                           extra_keys=[frame_key] if record_videos else None)
+    try:
+        with torch.no_grad(), set_exploration_type(exploration_type):
+            engine.run(next_rollout, on_finish)
+    finally:
+        bar.close()
+        if engine.env is not env:  # a pool this call built (from a ParallelEnv/SerialEnv)
+            engine.close()
     finished.sort(key=lambda rollout: rollout.context_id)
     per_task: dict[str, list[bool]] = {}
     for rollout in finished:

@@ -108,4 +108,5 @@ def make_ript_trainer(
         checkpoint_dir=checkpoint_dir,
         progress=progress,
         seed=config.seed,
+        config=config.as_dict(),
     )

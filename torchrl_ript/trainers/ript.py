@@ -1,10 +1,18 @@
-"""The RIPT-VLA training loop (Algorithm 1 of the paper)."""
+"""The RIPT-VLA training loop (Algorithm 1 of the paper).
+
+Why not :class:`torchrl.trainers.Trainer` with hooks: one RIPT step is
+"collect B trajectories, N epochs of shuffled minibatches over them, then
+evaluate and checkpoint with every RNG and the collector's context stream";
+expressing that through Trainer's per-batch hooks took more code than this
+loop, while logging goes through TorchRL's own loggers.
+"""
 from __future__ import annotations
 
 import json
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +26,15 @@ from tqdm.auto import tqdm
 from torchrl_ript.collectors.group import GroupCollector
 from torchrl_ript.objectives.ppo import RIPTClipPPOLoss
 
-__all__ = ["RIPTTrainer"]
+__all__ = ["RIPTTrainer", "CheckpointError"]
+
+_CHECKPOINT_FORMAT = "torchrl_ript.RIPTTrainer/1"
+# settings a resumed run may change (the rest must match the checkpoint)
+_RESUMABLE_CHANGES = {"num_steps", "eval_every", "num_envs"}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed: unreadable, or for another model or config."""
 
 
 class RIPTTrainer:
@@ -50,9 +66,39 @@ class RIPTTrainer:
         modules (dict, optional): extra modules to checkpoint (the actor is
             reached through the loss).
         progress (bool): tqdm bar. Defaults to True.
+        seed (int, optional): seed of the minibatch shuffling.
+        config (dict, optional): the run's settings (e.g.
+            ``RIPTConfig.as_dict()``), stored in checkpoints; :meth:`resume`
+            refuses a checkpoint written with other values (except
+            ``num_steps``, ``eval_every``, ``num_envs``).
 
     Examples:
-        >>> # see tests/trainers/test_ript_learning.py and README's tour
+        >>> import torch
+        >>> from torchrl.envs import AsyncEnvPool, SerialEnv
+        >>> from torchrl_ript import ContextDataset, ContextToyVLAEnv, GroupCollector, RIPTClipPPOLoss
+        >>> from torchrl_ript.modules.toy_policies import toy_laplace_actor
+        >>> from torchrl_ript.trainers import RIPTTrainer, evaluate_success, make_optimizer
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> contexts = ContextDataset(torch.rand(40, 2) - 0.5, [0] * 40, ["track"], seed=0)
+        >>> train, held_out = contexts.split(8, seed=0)
+        >>> make_env = lambda: ContextToyVLAEnv(action_dim=2, max_steps=4, success_tol=0.15)
+        >>> actor, _ = toy_laplace_actor()
+        >>> collector = GroupCollector(SerialEnv(4, make_env), actor, context_dataset=train,
+        ...                            group_size=4, trajs_per_batch=8, max_frames_per_traj=4, seed=0)
+        >>> eval_env = AsyncEnvPool([make_env] * 4, backend="threading")  # reused by every evaluation
+        >>> trainer = RIPTTrainer(
+        ...     collector=collector, loss=RIPTClipPPOLoss(actor), optimizer=make_optimizer(actor, lr=1e-2),
+        ...     num_steps=2, ppo_epochs=2, minibatch_size=4, progress=False, seed=0,
+        ...     evaluate=lambda: evaluate_success(eval_env, actor, held_out, horizon=4, progress=False))
+        >>> history = trainer.train()
+        >>> [r["step"] for r in history], [r["train/batch"] for r in history]  # B=8 informative rollouts
+        ([1, 2], [8, 8])
+        >>> trainer.env_steps == sum(r["collect/env_steps"] for r in history)
+        True
+        >>> len(trainer.eval_history)  # before training, then after each step
+        3
+        >>> collector.shutdown(); eval_env.close()
     """
 
     def __init__(
@@ -74,6 +120,7 @@ class RIPTTrainer:
         modules: dict[str, nn.Module] | None = None,
         progress: bool = True,
         seed: int | None = None,
+        config: dict | None = None,
     ) -> None:
         for name, value in (("num_steps", num_steps), ("ppo_epochs", ppo_epochs),
                             ("minibatch_size", minibatch_size), ("eval_every", eval_every),
@@ -95,6 +142,7 @@ class RIPTTrainer:
         self.checkpoint_every = int(checkpoint_every)
         self.modules = dict(modules or {})
         self.progress = progress
+        self.config = dict(config) if config is not None else None
         self.step = 0
         self.env_steps = 0
         self.history: list[dict] = []
@@ -114,7 +162,11 @@ class RIPTTrainer:
         for _ in bar:
             start = time.perf_counter()
             self._sync_policy()
-            batch = next(iterator)
+            with warnings.catch_warnings():
+                # the draw-limit warning: the trainer reports it once, with the stats, below
+                warnings.filterwarnings("ignore", message="GroupCollector drew max_context_draws",
+                                        category=RuntimeWarning)
+                batch = next(iterator)
             if batch is None:  # the collector wrote into a user replay buffer
                 batch = self.collector.replay_buffer[:]
             stats = getattr(self.collector, "last_stats", None)
@@ -144,7 +196,24 @@ class RIPTTrainer:
                 self.step % self.checkpoint_every == 0 or self.step == self.num_steps
             ):
                 self.save(self.checkpoint_dir / "latest.pt")
+        bar.close()
+        if self.progress or self.skipped_steps:
+            tqdm.write(self.summary())
         return self.history
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps whose batch held no informative group (no update was made)."""
+        return sum(int(r.get("train/skipped", 0)) for r in self.history)
+
+    def summary(self) -> str:
+        """One line: steps, updates, env steps, held-out success rate first -> last."""
+        line = (f"RIPT: {self.step}/{self.num_steps} steps, {self.step - self.skipped_steps} with an update"
+                f" ({self.skipped_steps} without an informative group), {self.env_steps} env steps")
+        if len(self.eval_history) >= 1:
+            line += (f", held-out success rate {self.eval_history[0]['success_rate']:.3f} -> "
+                     f"{self.eval_history[-1]['success_rate']:.3f}")
+        return line + "."
 
     def _optimise(self, batch: TensorDictBase) -> dict:
         n = batch.shape[0] if batch.batch_dims else 0
@@ -158,7 +227,7 @@ class RIPTTrainer:
             )
             tqdm.write(
                 f"RIPT step {self.step + 1}: dynamic sampling found no informative group"
-                f"{detail}; nothing to learn from, the policy is unchanged."
+                f"{detail}; nothing to learn from: no update, the schedule does not advance."
             )
             return {"train/skipped": 1, "train/batch": 0}
         losses, clips, kls, norms, exits = [], [], [], [], []
@@ -238,10 +307,10 @@ class RIPTTrainer:
                 "shuffle": self._shuffle.get_state(),
             },
         }
-        generator = getattr(self.collector, "_generator", None)
-        if generator is not None:
-            state["rng"]["collector"] = generator.get_state()
-            state["collector_next_group"] = self.collector._next_group
+        if isinstance(self.collector, GroupCollector):
+            state["collector"] = self.collector.state_dict()
+        state["format"] = _CHECKPOINT_FORMAT
+        state["config"] = self.config
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -260,25 +329,73 @@ class RIPTTrainer:
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
         self._shuffle.set_state(rng["shuffle"])
-        if "collector" in rng:
-            self.collector._generator.set_state(rng["collector"])
-            self.collector._next_group = state["collector_next_group"]
+        if "collector" in state and isinstance(self.collector, GroupCollector):
+            self.collector.load_state_dict(state["collector"])
 
     def save(self, path: str | Path) -> Path:
+        """Write the checkpoint atomically (write a temporary file, then rename):
+        a kill during the save leaves the previous ``path`` intact."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(path.name + ".tmp")
         torch.save(self.state_dict(), tmp)
-        tmp.replace(path)  # never leave a half-written checkpoint
-        (path.parent / "history.json").write_text(
-            json.dumps({"train": self.history, "eval": self.eval_history}, indent=1, default=float)
-        )
+        tmp.replace(path)
+        history = path.parent / "history.json"
+        tmp = history.with_name(history.name + ".tmp")
+        tmp.write_text(json.dumps({"train": self.history, "eval": self.eval_history}, indent=1, default=float))
+        tmp.replace(history)
         return path
 
     def resume(self, path: str | Path) -> bool:
-        """Load ``path`` if it exists; returns whether it did."""
+        """Load ``path`` if it exists; returns whether it did.
+
+        A file that is not a readable RIPT checkpoint (truncated, corrupt,
+        another program's), or one written for another model or another
+        configuration raises :class:`CheckpointError` saying which, before
+        anything is changed or overwritten.
+        """
         path = Path(path)
         if not path.exists():
             return False
-        self.load_state_dict(torch.load(path, weights_only=False))
+        try:
+            state = torch.load(path, weights_only=False, map_location="cpu")
+        except Exception as err:  # torch raises several types for broken zip/pickle data
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: the file is truncated or corrupt ({type(err).__name__}: "
+                f"{err}). Move it away to start over, or resume from another checkpoint."
+            ) from err
+        self._check_checkpoint(state, path)
+        self.load_state_dict(state)
         return True
+
+    def _check_checkpoint(self, state, path: Path) -> None:
+        if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"{path} is not a RIPTTrainer checkpoint (no {_CHECKPOINT_FORMAT!r} marker): it was "
+                "written by something else (e.g. save_policy writes policy files: load those with "
+                "torchrl_ript.models.load_policy, or pass them as policy.checkpoint)."
+            )
+        mine = self.loss.actor_network.state_dict()
+        theirs = state["actor"]
+        missing = sorted(set(mine) - set(theirs))
+        unexpected = sorted(set(theirs) - set(mine))
+        shapes = sorted(k for k in set(mine) & set(theirs) if tuple(mine[k].shape) != tuple(theirs[k].shape))
+        if missing or unexpected or shapes:
+            detail = "; ".join(
+                f"{label}: {names[:3]}{' ...' if len(names) > 3 else ''}"
+                for label, names in (("missing", missing), ("unexpected", unexpected), ("other shapes", shapes))
+                if names
+            )
+            raise CheckpointError(
+                f"{path} was written for another model ({detail}): resume with the policy it was "
+                "trained with, or use another checkpoint_dir for this model."
+            )
+        saved, current = state.get("config") or {}, self.config or {}
+        changed = {k: (saved[k], current[k]) for k in sorted(set(saved) & set(current))
+                   if k not in _RESUMABLE_CHANGES and saved[k] != current[k]}
+        if changed:
+            diff = ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in changed.items())
+            raise CheckpointError(
+                f"{path} was written with another configuration ({diff}): rerun with the same "
+                "settings to resume, or use another checkpoint_dir to start a new run."
+            )

@@ -11,15 +11,24 @@ no advantage yet. The filter then judges groups by their rewards (a group's
 leave-one-out advantages are all zero exactly when its rewards are all
 equal), queueing partial groups the same way; the advantage transform then
 receives only complete, informative groups. Either order writes the same rows.
+
+Why not TorchRL's :class:`~torchrl.objectives.llm.MCAdvantage`, which queues
+groups the same way: it writes group-*normalised* advantages
+(``(R_i - mean) / std``, GRPO) on per-step rows, while RIPT's Eq. 5 is the
+unnormalised leave-one-out ``R_k - mean_{j != k} R_j`` on trajectory rows,
+and its dynamic sampling must report which groups it dropped and why.
 """
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 
 import torch
 from tensordict import TensorDictBase, lazy_stack
 from tensordict.utils import NestedKey
 from torchrl.envs.transforms import Compose, Transform
+
+from torchrl_ript.config import check_group_sizes
 
 __all__ = ["RLOOAdvantage", "ZeroAdvantageFilter"]
 
@@ -132,10 +141,7 @@ class RLOOAdvantage(Transform):
         reward_key: NestedKey = "reward",
         advantage_key: NestedKey = "advantage",
     ) -> None:
-        if int(group_size) < 2:
-            raise ValueError(
-                f"group_size must be >= 2 for a leave-one-out baseline, got {group_size}."
-            )
+        check_group_sizes(group_size)
         super().__init__(in_keys=[], out_keys=[])
         self.group_size = int(group_size)
         self.group_key = group_key
@@ -218,8 +224,8 @@ class ZeroAdvantageFilter(Transform):
         atol: float = 1e-6,
     ) -> None:
         super().__init__(in_keys=[], out_keys=[])
-        if group_size is not None and int(group_size) < 2:
-            raise ValueError(f"group_size must be >= 2, got {group_size}.")
+        if group_size is not None:
+            check_group_sizes(group_size)
         self.group_key = group_key
         self.advantage_key = advantage_key
         self.reward_key = reward_key
@@ -244,12 +250,33 @@ class ZeroAdvantageFilter(Transform):
     def clear_pending(self) -> None:
         self._queue.clear()
 
+    def set_container(self, container) -> None:
+        # remember the Compose this filter sits in (a replay buffer's transforms):
+        # its RLOOAdvantage gives K when the filter runs first on the write path
+        super().set_container(container)
+        self.__dict__["_siblings"] = weakref.ref(container) if isinstance(container, Compose) else None
+
+    def reset_parent(self) -> None:
+        super().reset_parent()
+        self.__dict__["_siblings"] = None
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        siblings = state.get("_siblings")
+        state["_siblings"] = siblings() if siblings is not None else None  # weakrefs do not pickle
+        return state
+
+    def __setstate__(self, state):
+        siblings = state.get("_siblings")
+        state["_siblings"] = weakref.ref(siblings) if siblings is not None else None
+        super().__setstate__(state)
+
     def _resolve_group_size(self) -> int:
         if self.group_size is not None:
             return self.group_size
-        container = self.__dict__.get("_container")
-        compose = container() if container is not None else None
-        if isinstance(compose, Compose):
+        siblings = self.__dict__.get("_siblings")
+        compose = siblings() if siblings is not None else None
+        if compose is not None:
             for transform in compose.transforms:
                 if isinstance(transform, RLOOAdvantage):
                     return transform.group_size
