@@ -25,6 +25,7 @@ from torchrl_ript.envs.rendering import select_gl_backend
 
 select_gl_backend()  # before anything imports MuJoCo rendering
 
+from torchrl_ript.collectors.engine import as_env_pool  # noqa: E402
 from torchrl_ript.data.context import ContextDataset  # noqa: E402
 from torchrl_ript.data.demos import read_demos  # noqa: E402
 from torchrl_ript.envs.metaworld import MetaWorldContextProjection, MetaWorldEnv, metaworld_contexts  # noqa: E402
@@ -137,7 +138,7 @@ def main(cfg: DictConfig) -> None:
     env_fn = partial(MetaWorldEnv, task_names=list(cfg.tasks), camera_names=tuple(cfg.env.cameras),
                      image_size=cfg.env.image_size, max_steps=cfg.env.max_steps,
                      action_chunk=bundle.n_exec, render_quality="fast")
-    eval_env = make_batched_env(env_fn, cfg.env.num_envs)
+    eval_env = as_env_pool(make_batched_env(env_fn, cfg.env.num_envs))  # one pool for every evaluation
     held_out = held_out_contexts(cfg, paths)
 
     def full_eval(tag):
@@ -187,7 +188,7 @@ def main(cfg: DictConfig) -> None:
         result.update(paired_results(sft_eval["by_mode"], final["by_mode"], modes))
     else:
         result.update(sr_ript=None, iterations=0, env_steps=0, p_value=None)
-    eval_env.close()
+    eval_env.close(raise_if_closed=False)
     result.update(wall_s=time.perf_counter() - start, output_dir=str(out),
                   config=OmegaConf.to_container(cfg, resolve=True))
     print_result_line(result, out / "result.json")

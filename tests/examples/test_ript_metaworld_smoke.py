@@ -21,7 +21,7 @@ pytest.importorskip("metaworld")
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "ript_metaworld.py"
 TINY = [
-    "env.image_size=32", "env.num_envs=1", "policy.preset=tiny", "+policy.overrides.n_exec=8", "sft.steps=3", "sft.autoencoder_steps=3",
+    "env.image_size=32", "env.num_envs=1", "policy.preset=tiny", "sft.steps=3", "sft.autoencoder_steps=3",
     "sft.scale_steps=3", "eval.during_training_per_task=1", "eval.videos=1", "ript.num_steps=1",
     "ript.group_size=2", "ript.batch_size=4", "ript.ppo_epochs=1", "ript.minibatch_size=2",
     "ript.max_context_draws=2", "progress=false",
@@ -77,7 +77,9 @@ def check_result_agrees_with_logs(tmp_path, result, *, tasks, per_task, batch, g
         assert (tmp_path / produced).exists(), produced
 
 
-EXTRA = {"quest": ["policy.sampling.top_k=3", "eval.exploration=[random,deterministic]"], "regression": []}
+# 8 actions per decision keep the rollouts short in decisions
+EXTRA = {"quest": ["+policy.overrides.n_exec=8", "policy.sampling.top_k=3", "eval.exploration=[random,deterministic]"],
+         "regression": []}  # its tiny preset executes its 8-action chunk
 
 
 @pytest.mark.parametrize("kind", ["quest", "regression"])
@@ -108,7 +110,7 @@ def test_metaworld_transfer_pipeline_smoke(tmp_path):
         tmp_path, "ript_metaworld_transfer", "pretrain.tasks=[reach-v3]",
         "tasks=[reach-wall-v3]", "pretrain.demos_per_task=2", "pretrain.steps=3", "pretrain.autoencoder_steps=3",
         "demos.per_task=1", "env.max_steps=100", "eval.per_task=3", "contexts.jitter.copies=4",
-        "contexts.sampler=adaptive", "eval.exploration=[random]",
+        "contexts.sampler=adaptive", "eval.exploration=[random]", "+policy.overrides.n_exec=8",
     )
     check_result_agrees_with_logs(tmp_path, result, tasks=["reach-wall-v3"], per_task=3, batch=4, group=2)
     assert result["pretrain_tasks"] == ["reach-v3"] and result["sampler"] == "adaptive"
