@@ -13,10 +13,11 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${1:-runs/metaworld_fewshot}"
 TASKS='[button-press-topdown-v3,drawer-close-v3,reach-v3,window-open-v3,door-open-v3]'
-# the example's defaults: QueST small, 64 px corner2, top-k 5 sampling, ratio=step, lr 3e-6,
-# K=8, 10 PPO epochs, minibatch 8; evaluation of the sampling policy and of the mode
-RUN=(python examples/ript_metaworld.py progress=false eval.per_task=50 eval.seed=1000)
-RIPT=(ript.num_steps=15 ript.batch_size=64 ript.eval_every=5 stages.eval_sft=false)
+# the few-shot config (examples/configs/ript_metaworld_fewshot.yaml): those 5 tasks, QueST small,
+# 64 px corner2, top-k 5 sampling, ratio=step, lr 3e-6, K=8, B=64, 15 iterations, 10 PPO epochs,
+# minibatch 8; 50 held-out starts per task, the sampling policy and the mode evaluated
+RUN=(python examples/ript_metaworld.py --config-name ript_metaworld_fewshot progress=false)
+RIPT=(stages.eval_sft=false)
 
 # 1. 5 scripted demos per task (noise 0.2) -> SFT -> SR of the SFT policy
 "${RUN[@]}" hydra.run.dir="$OUT/sft5" tasks="$TASKS" stages.ript=false

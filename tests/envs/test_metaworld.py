@@ -193,3 +193,44 @@ def test_serial_env_partial_context_reset():
     td["action"] = torch.zeros(2, 4, 4)
     assert env.step(td)["next", "env_steps"].reshape(-1).tolist() == [4, 4]
     env.close()
+
+
+def test_rejected_context_raises_instead_of_hanging():
+    from torchrl_ript.envs.metaworld import rand_vec_is_valid
+
+    vec = torch.tensor(sample_rand_vecs("push-v3", 1, seed=0)[0])
+    bad = vec.clone()
+    bad[3:5] = bad[0:2]  # goal on the puck: push-v3's reset redraws such starts forever
+    assert rand_vec_is_valid("push-v3", vec.numpy()) and not rand_vec_is_valid("push-v3", bad.numpy())
+    env = MetaWorldEnv(task_names=["push-v3"], camera_names=(), max_steps=10)
+    with pytest.raises(ValueError, match="rejected by .*MetaWorldContextProjection"):
+        _reset_to(env, bad, 0)
+    _assert_bitwise_equal(_obs(_reset_to(env, vec, 0)), _obs(_reset_to(env, vec, 0)))  # still usable
+    env.close()
+
+
+def test_noisy_contexts_are_projected_into_valid_starts():
+    from torchrl_ript.data import ContextDataset
+    from torchrl_ript.envs.metaworld import MetaWorldContextProjection, _scratch_env, rand_vec_is_valid
+
+    tasks = ["push-v3", "drawer-close-v3"]
+    project = MetaWorldContextProjection(tasks)
+    demos = metaworld_contexts(tasks, 2, seed=0, project=project)
+    variants = demos.jitter(20, 0.05, seed=0)  # 5 cm: many raw draws leave the box or get rejected
+    box = {name: _scratch_env(name)._random_reset_space for name in tasks}
+    for state, task_id in zip(variants.states, variants.task_ids.tolist()):
+        name = tasks[task_id]
+        dim = rand_vec_dim(name)
+        assert rand_vec_is_valid(name, state.numpy())
+        assert np.all(state[:dim].numpy() >= box[name].low - 1e-12) and np.all(state[:dim].numpy() <= box[name].high + 1e-12)
+        assert torch.all(state[dim:] == 0)
+    assert variants.states[variants.task_ids == 0].unique(dim=0).shape[0] > 20  # varied, not collapsed
+    # per-rollout noise goes through the same projection
+    noisy = ContextDataset(demos.states, demos.task_ids, tasks, noise_std=0.05, project=project, seed=0)
+    starts = noisy.initial_states(torch.tensor([0, 0, 0, 2, 2]))
+    assert all(rand_vec_is_valid(tasks[t], s.numpy()) for s, t in zip(starts, [0, 0, 0, 1, 1]))
+    env = MetaWorldEnv(task_names=tasks, camera_names=(), max_steps=5)
+    for state, task_id in zip(variants.states[::10], variants.task_ids[::10].tolist()):
+        td = _reset_to(env, state, task_id)
+        assert torch.allclose(td["context_state"], state)  # the env starts exactly there
+    env.close()

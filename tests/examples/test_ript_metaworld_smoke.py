@@ -1,50 +1,130 @@
-"""The MetaWorld pipeline end to end on a tiny config: demos, SFT, eval, one RIPT step."""
+"""The MetaWorld pipeline end to end on tiny configs: its JSON line must agree with its logs.
+
+Few-shot from scratch (both policy kinds) and the transfer protocol
+(pretrain -> 1-demo SFT -> one RIPT iteration from the demo's jittered
+starts, adaptive sampler). Each asserts what a wrong implementation would
+break: the JSON fields match the history and the evaluation outcomes, the
+collection statistics add up, the fine-tuned policy kept the pretrained
+tokenizer, evaluation never starts from a demo's start.
+"""
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
+import torch
+
+pytest.importorskip("metaworld")
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "ript_metaworld.py"
+TINY = [
+    "env.image_size=32", "env.num_envs=1", "policy.preset=tiny", "sft.steps=3", "sft.autoencoder_steps=3",
+    "sft.scale_steps=3", "eval.during_training_per_task=1", "eval.videos=1", "ript.num_steps=1",
+    "ript.group_size=2", "ript.batch_size=4", "ript.ppo_epochs=1", "ript.minibatch_size=2",
+    "ript.max_context_draws=2", "progress=false",
+    # a tiny policy rarely succeeds: without rejection the PPO step always runs on B rows
+    "ript.dynamic_sampling=false",
+]
 
 
-# QueST also runs with top-k sampling and scores both the sampling policy and the mode
-EXTRA = {"quest": ["policy.sampling.top_k=3", "eval.exploration=[random,deterministic]"], "regression": []}
+def run_example(tmp_path, config, *overrides):
+    run = subprocess.run([sys.executable, str(EXAMPLE), "--config-name", config, f"hydra.run.dir={tmp_path}",
+                          *TINY, *overrides],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result == json.loads((tmp_path / "result.json").read_text())
+    return result
+
+
+def check_result_agrees_with_logs(tmp_path, result, *, tasks, per_task, batch, group):
+    from torchrl_ript.trainers.stats import paired_success_test
+
+    for key in ("tasks", "sr_sft", "sr_ript", "iterations", "env_steps", "wall_s", "n_eval", "p_value"):
+        assert key in result, key
+    assert result["tasks"] == tasks and result["iterations"] == 1
+    # n_eval: one rollout per held-out context, and the SRs are the means of those outcomes
+    assert result["n_eval"] == per_task * len(tasks)
+    for stage in ("sft", "ript"):
+        for mode, scores in result[f"sr_{stage}_by_mode"].items():
+            assert scores["n"] == len(scores["outcomes"]) == result["n_eval"], (stage, mode)
+            assert scores["sr"] == pytest.approx(np.mean(scores["outcomes"]))
+    headline = result["eval_modes"][0]
+    assert result["sr_sft"] == result["sr_sft_by_mode"][headline]["sr"]
+    assert result["sr_ript"] == result["sr_ript_by_mode"][headline]["sr"]
+    expected = paired_success_test(result["sr_sft_by_mode"][headline]["outcomes"],
+                                   result["sr_ript_by_mode"][headline]["outcomes"])
+    assert result["p_value"] == pytest.approx(expected["p_value"])
+    # the collection statistics add up and match the trainer's history
+    history = json.loads((tmp_path / "checkpoints" / "history.json").read_text())["train"]
+    assert len(history) == result["iterations"]
+    record = history[0]
+    assert result["env_steps"] == sum(r["collect/env_steps"] for r in history) == result["collection"]["env_steps"]
+    assert record["collect/rollouts_kept"] == record["train/batch"] == batch  # B kept (no rejection)
+    assert record["collect/groups_kept"] * group == batch
+    assert record["collect/groups_kept"] == record["collect/groups_completed"]
+    assert record["collect/rollouts_finished"] >= batch
+    assert record["collect/env_steps"] >= record["collect/decision_steps"] > 0
+    summary = result["collection"]
+    assert summary["groups_completed"] == record["collect/groups_completed"]
+    uniform = record["collect/groups_all_success"] + record["collect/groups_all_failure"]
+    assert summary["groups_informative"] == record["collect/groups_kept"] - uniform
+    for produced in ("sft_policy.pt", "success_rate.png", "checkpoints/latest.pt", "result.json",
+                     "videos/sft_0.gif", "videos/ript_0.gif", "ript_policy.pt"):
+        assert (tmp_path / produced).exists(), produced
+
+
+# 8 actions per decision keep the rollouts short in decisions
+EXTRA = {"quest": ["+policy.overrides.n_exec=8", "policy.sampling.top_k=3", "eval.exploration=[random,deterministic]"],
+         "regression": []}  # its tiny preset executes its 8-action chunk
 
 
 @pytest.mark.parametrize("kind", ["quest", "regression"])
-def test_metaworld_pipeline_smoke(tmp_path, kind):
-    run = subprocess.run(
-        [
-            sys.executable, str(EXAMPLE), f"hydra.run.dir={tmp_path}", "tasks=[reach-v3]",
-            "demos.per_task=1", "env.image_size=32", "env.max_steps=40", "env.num_envs=1",
-            f"policy.kind={kind}", "policy.preset=tiny", "sft.steps=3", "sft.autoencoder_steps=3", "sft.scale_steps=3",
-            "eval.per_task=2", "eval.during_training_per_task=1", "eval.videos=1",
-            "ript.num_steps=1", "ript.group_size=2", "ript.batch_size=2", "ript.ppo_epochs=1",
-            "ript.minibatch_size=2", "ript.max_context_draws=2", "progress=false",
-            # a tiny policy never succeeds: without rejection the PPO step still runs
-            "ript.dynamic_sampling=false",
-            *EXTRA[kind],
-        ],
-        capture_output=True, text=True, timeout=600,
+def test_metaworld_fewshot_pipeline_smoke(tmp_path, kind):
+    result = run_example(
+        tmp_path, "ript_metaworld_fewshot", "tasks=[reach-v3]", "demos.per_task=1",
+        "env.max_steps=40", f"policy.kind={kind}", "eval.per_task=2", *EXTRA[kind],
     )
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
-    for key in ("tasks", "sr_sft", "sr_ript", "iterations", "env_steps", "wall_s"):
-        assert key in result, key
-    assert result["tasks"] == ["reach-v3"] and result["iterations"] == 1
-    assert result["env_steps"] > 0
-    assert 0.0 <= result["sr_sft"] <= 1.0 and 0.0 <= result["sr_ript"] <= 1.0
-    for produced in ("demos/reach-v3_demo.hdf5", "sft_policy.pt", "success_rate.png",
-                     "checkpoints/latest.pt", "result.json", "videos/sft_0.gif", "ript_policy.pt"):
-        assert (tmp_path / produced).exists(), produced
-    history = json.loads((tmp_path / "checkpoints" / "history.json").read_text())
-    assert history["train"][0]["train/batch"] == 2  # the loss ran on the collected batch
+    check_result_agrees_with_logs(tmp_path, result, tasks=["reach-v3"], per_task=2, batch=4, group=2)
+    assert result["pretrain_tasks"] == [] and result["pretrain_s"] == 0.0
+    assert not (tmp_path / "pretrain_policy.pt").exists()
+    assert (tmp_path / "demos/reach-v3_demo.hdf5").exists()
     if kind == "quest":
         assert result["eval_modes"] == ["random", "deterministic"]
-        assert set(result["sr_ript_by_mode"]) == {"random", "deterministic"}
-        assert result["sr_ript"] == result["sr_ript_by_mode"]["random"]["sr"]
+        assert set(result["p_value_by_mode"]) == {"random", "deterministic"}
         from torchrl_ript.models.checkpoint import load_policy
 
         assert load_policy(tmp_path / "ript_policy.pt").config.top_k == 3  # saved with the weights
+
+
+def test_metaworld_transfer_pipeline_smoke(tmp_path):
+    """pretrain (2 demos of reach-v3) -> 1-demo SFT of reach-wall-v3 -> one RIPT iteration."""
+    from torchrl_ript.data import ContextDataset
+    from torchrl_ript.envs.metaworld import metaworld_contexts
+    from torchrl_ript.models.checkpoint import load_policy
+
+    result = run_example(
+        tmp_path, "ript_metaworld_transfer", "pretrain.tasks=[reach-v3]",
+        "tasks=[reach-wall-v3]", "pretrain.demos_per_task=2", "pretrain.steps=3", "pretrain.autoencoder_steps=3",
+        "demos.per_task=1", "env.max_steps=100", "eval.per_task=3", "contexts.jitter.copies=4",
+        "contexts.sampler=adaptive", "eval.exploration=[random]", "+policy.overrides.n_exec=8",
+    )
+    check_result_agrees_with_logs(tmp_path, result, tasks=["reach-wall-v3"], per_task=3, batch=4, group=2)
+    assert result["pretrain_tasks"] == ["reach-v3"] and result["sampler"] == "adaptive"
+    # RIPT's contexts: the one demo's start and 3 jittered variants of it
+    assert result["contexts"] == 4
+    with h5py.File(tmp_path / "pretrain_demos/reach-v3_demo.hdf5") as f:
+        assert len(f["data"]) == 2
+    # the target SFT started from the pretrained policy and kept its skill tokenizer
+    pretrained = load_policy(tmp_path / "pretrain_policy.pt")
+    tuned, extra = load_policy(tmp_path / "sft_policy.pt", return_extra=True)
+    assert extra["start_from"].endswith("pretrain_policy.pt")
+    for key, value in pretrained.autoencoder.state_dict().items():
+        assert torch.equal(tuned.autoencoder.state_dict()[key], value), key
+    # evaluation contexts: seeded held-out starts, none of them a demo's start
+    demos = ContextDataset.from_demonstrations(tmp_path / "demos/reach-wall-v3_demo.hdf5")
+    held_out = metaworld_contexts(["reach-wall-v3"], 3, seed=1000)
+    assert not held_out.matches(demos).any()

@@ -9,23 +9,62 @@ from torchrl_ript.models import (
 )
 from torchrl_ript.modules import chunk_nll
 from torchrl_ript.trainers.sft import (
-    batch_iterator, chunk_demo, fit_regression_scale, make_chunk_dataset, quest_prior_loss,
+    batch_iterator, fit_regression_scale, make_chunk_dataset, quest_prior_loss,
     train_quest_autoencoder, train_quest_prior, train_regression,
 )
 
 
-def test_chunk_demo_pads_and_masks():
+def _old_chunk_rows(demo, chunk):
+    """The rows of the deleted ``chunk_demo`` (pad="last"), written out: row t holds
+    actions t..t+chunk-1, the last action repeated past the end, masked False there."""
+    T = demo.batch_size[0]
+    idx = torch.arange(T)[:, None] + torch.arange(chunk)[None, :]
+    return demo["action"][idx.clamp(max=T - 1)], idx < T
+
+
+def test_chunk_rows_pad_and_mask_as_before():
     demo = toy_demos(1, T=5)[0]
-    rows = chunk_demo(demo, 4)
+    rows = make_chunk_dataset([demo], 4)  # TorchRL's ActionChunkTransform path
     assert rows.batch_size == (5,)
     assert rows["action"].shape == (5, 4, 4) and rows["action_mask"].shape == (5, 4)
+    actions, mask = _old_chunk_rows(demo, 4)
+    assert torch.equal(rows["action"], actions) and torch.equal(rows["action_mask"], mask)
     torch.testing.assert_close(rows["action"][1], demo["action"][1:5])
     assert rows["action_mask"][3].tolist() == [True, True, False, False]
     torch.testing.assert_close(rows["action"][3, 2], demo["action"][4])  # last action repeated
-    assert "next" not in rows.keys() and ("observation", "state") in rows.keys(True)
+    assert torch.equal(rows["observation", "state"], demo["observation", "state"])
+    assert torch.equal(rows["observation", "image"], demo["observation", "image"])
+    assert "next" not in rows.keys() and set(rows.keys()) == {"observation", "action", "action_mask",
+                                                              "language_instruction"}
     ds = make_chunk_dataset(toy_demos(2, T=5), 4)
     assert ds.batch_size == (10,)
     assert ds[torch.tensor([0, 9])].get("language_instruction").tolist() == ["open the drawer", "close the drawer"]
+    # a demo shorter than the chunk: every row padded with its last action
+    short = toy_demos(1, T=2)[0]
+    actions, mask = _old_chunk_rows(short, 4)
+    rows = make_chunk_dataset([short], 4)
+    assert torch.equal(rows["action"], actions) and torch.equal(rows["action_mask"], mask)
+
+
+def test_chunk_rows_of_a_recorded_metaworld_demo_equal_the_old_rows(tmp_path):
+    """The known demo: a scripted reach-v3 episode, chunked as SFT sees it."""
+    pytest.importorskip("metaworld")
+    from torchrl_ript.data.demos import read_demos
+    from torchrl_ript.envs.metaworld_demos import metaworld_key_map, record_metaworld_demos
+    from torchrl_ript.trainers.sft import chunk_demo_files
+
+    path = record_metaworld_demos("reach-v3", 2, out=tmp_path, image_size=32, max_steps=100, progress=False)
+    file = read_demos(path, key_map=metaworld_key_map())
+    rows = chunk_demo_files([file], 32)
+    start = 0
+    for demo in file.demos:
+        T = demo.batch_size[0]
+        actions, mask = _old_chunk_rows(demo, 32)
+        assert torch.equal(rows["action"][start : start + T], actions)
+        assert torch.equal(rows["action_mask"][start : start + T], mask)
+        assert torch.equal(rows["observation", "image"][start : start + T], demo["observation", "image"])
+        start += T
+    assert start == rows.batch_size[0]
 
 
 def test_quest_fsq_roundtrip_after_short_fit():

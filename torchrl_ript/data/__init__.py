@@ -3,5 +3,24 @@ benchmark-specific context builders live with their envs, e.g.
 :func:`torchrl_ript.envs.libero_contexts.libero_contexts`)."""
 from torchrl_ript.data.context import ContextDataset
 from torchrl_ript.data.demos import LIBERO_KEY_MAP, DemoFile, DemoWriter, demos_to_bc_dataset, read_demos
+from torchrl_ript.data.samplers import (
+    AdaptiveSampler,
+    ContextOutcomeFeed,
+    ContextSampler,
+    PerTaskSampler,
+    UniformSampler,
+)
 
-__all__ = ["ContextDataset", "LIBERO_KEY_MAP", "DemoFile", "DemoWriter", "demos_to_bc_dataset", "read_demos"]
+__all__ = [
+    "AdaptiveSampler",
+    "ContextDataset",
+    "ContextOutcomeFeed",
+    "ContextSampler",
+    "LIBERO_KEY_MAP",
+    "DemoFile",
+    "DemoWriter",
+    "PerTaskSampler",
+    "UniformSampler",
+    "demos_to_bc_dataset",
+    "read_demos",
+]

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 
-__all__ = ["ContextDataset"]
+from torchrl_ript.data.samplers import SAMPLERS, ContextSampler, make_sampler
 
-_SAMPLERS = ("uniform", "per_task")
+__all__ = ["ContextDataset"]
 
 
 class ContextDataset:
@@ -30,14 +30,23 @@ class ContextDataset:
     Keyword Args:
         first_observations (TensorDictBase, optional): ``[N]`` first
             observations, when known (e.g. read from demonstrations).
-        sampler (str): ``"uniform"`` draws rows uniformly; ``"per_task"`` first
-            draws a task uniformly, then a row of that task, so that tasks with
-            more contexts are not favoured. Defaults to ``"uniform"``.
+        sampler (str or ContextSampler): which rows are drawn (see
+            :mod:`torchrl_ript.data.samplers`). ``"uniform"`` draws rows
+            uniformly; ``"per_task"`` first draws a task uniformly, then a row
+            of that task, so that tasks with more contexts are not favoured;
+            ``"adaptive"`` (or an :class:`~torchrl_ript.data.samplers.AdaptiveSampler`
+            with your settings) favours contexts whose rollout groups are
+            likely to have mixed outcomes, from the outcomes given to
+            :meth:`record_outcomes`. Defaults to ``"uniform"``.
         noise_std (float or sequence of float): standard deviation of Gaussian
             noise added to each *drawn* state (the paper's Fig. 7 robustness
             study: group members then start from slightly different states).
             A sequence gives one std per state dimension (zero leaves that
             dimension exact). Defaults to ``0.0`` (exact contexts).
+        project (callable, optional): ``project(noisy, exact, task_ids) ->
+            states`` maps noisy states to valid starts of the simulator (e.g.
+            :class:`~torchrl_ript.envs.metaworld.MetaWorldContextProjection`);
+            used after ``noise_std`` and by :meth:`jitter`. Must pickle.
         seed (int, optional): seed of the dataset's sampling generator.
 
     Examples:
@@ -64,8 +73,9 @@ class ContextDataset:
         instructions: Sequence[str] | None = None,
         *,
         first_observations: TensorDictBase | None = None,
-        sampler: str = "uniform",
+        sampler: str | ContextSampler = "uniform",
         noise_std: float | Sequence[float] = 0.0,
+        project=None,
         seed: int | None = None,
     ) -> None:
         states = _as_state_matrix(states)
@@ -104,15 +114,17 @@ class ContextDataset:
                 f"got batch size {tuple(first_observations.batch_size)} for "
                 f"{states.shape[0]} states."
             )
-        if sampler not in _SAMPLERS:
-            raise ValueError(f"sampler must be one of {_SAMPLERS}, got {sampler!r}.")
+        context_sampler = make_sampler(sampler)
+        if project is not None and not callable(project):
+            raise TypeError(f"project must be callable(noisy, exact, task_ids), got {type(project).__name__}.")
         self.states = states
         self.task_ids = task_ids
         self.task_names = task_names
         self.instructions = instructions
         self.first_observations = first_observations
-        self.sampler = sampler
+        self.context_sampler = context_sampler
         self.noise_std = _as_noise(noise_std, states.shape[1])
+        self.project = project
         self.generator = torch.Generator()
         self.seed = seed
         if seed is not None:
@@ -306,29 +318,124 @@ class ContextDataset:
                 raise ValueError(f"task {task!r} has no contexts in this dataset.")
             pick = torch.randint(pool.numel(), (n,), generator=generator)
             return self[pool[pick]]
-        if self.sampler == "uniform":
-            return self[torch.randint(len(self), (n,), generator=generator)]
-        present = torch.unique(self.task_ids)
-        tasks = present[torch.randint(present.numel(), (n,), generator=generator)]
-        index = torch.empty(n, dtype=torch.int64)
-        for task_id in tasks.unique():
-            where = tasks == task_id
-            pool = self.task_contexts(int(task_id))
-            index[where] = pool[
-                torch.randint(pool.numel(), (int(where.sum()),), generator=generator)
-            ]
-        return self[index]
+        return self[self.context_sampler.draw(self, n, generator)]
+
+    @property
+    def sampler(self) -> str:
+        """The name of the context sampler (``"uniform"``, ``"per_task"``, ``"adaptive"``...)."""
+        return self.context_sampler.name
+
+    def record_outcomes(self, context_ids, successes) -> None:
+        """Report finished rollouts (their context ids and successes) to the sampler.
+
+        Only stateful samplers (``"adaptive"``) use them; see
+        :class:`~torchrl_ript.data.samplers.ContextOutcomeFeed` to feed them
+        from a collector's replay buffer.
+        """
+        self.context_sampler.record(context_ids, successes)
 
     def initial_states(
         self, context_ids: torch.Tensor, *, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """The states to reset to, one per id, with the configured noise added."""
-        states = self.states[torch.as_tensor(context_ids, dtype=torch.int64)]
+        context_ids = torch.as_tensor(context_ids, dtype=torch.int64)
+        states = self.states[context_ids]
         if self.noise_std is None:
             return states.clone()
         generator = self.generator if generator is None else generator
         noise = torch.randn(states.shape, generator=generator, dtype=torch.float64)
-        return states + noise * self.noise_std
+        noisy = states + noise * self.noise_std
+        if self.project is not None:
+            noisy = self.project(noisy, states, self.task_ids[context_ids])
+        return noisy
+
+    def jitter(
+        self,
+        copies: int,
+        noise_std: float | Sequence[float],
+        *,
+        seed: int = 0,
+        keep_exact: bool = True,
+    ) -> ContextDataset:
+        """A dataset of ``copies`` fixed noisy variants of every context.
+
+        Unlike ``noise_std`` (fresh noise per rollout, so group members start
+        apart), each variant here is an exact context of its own: the K
+        rollouts of a group share it, leave-one-out advantages compare like
+        with like, and samplers (e.g. ``"adaptive"``) can learn per variant.
+        Built for few-demo RIPT: the contexts around a demo's start widen
+        what the policy practises on (the paper's Fig. 6-7). The dataset's
+        ``project`` (if any) makes each variant a valid start.
+
+        Args:
+            copies: variants per context (``>= 1``).
+            noise_std: Gaussian std (scalar or per state dimension).
+
+        Keyword Args:
+            seed: seed of the noise.
+            keep_exact: the first variant of each context is the exact
+                context itself. Defaults to ``True``.
+
+        Returns:
+            A dataset ``copies`` times as long, rows grouped per source
+            context; the same tasks, sampler kind (fresh), ``project`` and
+            per-draw ``noise_std``.
+
+        Examples:
+            >>> ds = ContextDataset([[0.0, 0.0], [5.0, 5.0]], [0, 1], ["a", "b"])
+            >>> more = ds.jitter(3, 0.1, seed=0)
+            >>> len(more), more.task_ids.tolist(), more.states[0].tolist()
+            (6, [0, 0, 0, 1, 1, 1], [0.0, 0.0])
+            >>> bool((more.states[4] - 5).abs().max() < 1)
+            True
+        """
+        if int(copies) < 1:
+            raise ValueError(f"copies must be >= 1, got {copies}.")
+        std = _as_noise(noise_std, self.state_dim)
+        exact = self.states.repeat_interleave(int(copies), dim=0)
+        task_ids = self.task_ids.repeat_interleave(int(copies))
+        states = exact.clone()
+        if std is not None:
+            generator = torch.Generator().manual_seed(int(seed))
+            noise = torch.randn(exact.shape, generator=generator, dtype=torch.float64) * std
+            if keep_exact:
+                noise[:: int(copies)] = 0.0
+            states = exact + noise
+            if self.project is not None:
+                states = self.project(states, exact, task_ids)
+        first = None
+        if self.first_observations is not None and (std is None):
+            first = self.first_observations[torch.arange(len(self)).repeat_interleave(int(copies))]
+        return ContextDataset(
+            states, task_ids, self.task_names, self.instructions, first_observations=first,
+            sampler=self.context_sampler.fresh(),
+            noise_std=0.0 if self.noise_std is None else self.noise_std.tolist(),
+            project=self.project, seed=self.seed,
+        )
+
+    def matches(self, other: ContextDataset, *, atol: float = 1e-9) -> torch.Tensor:
+        """``[len(self)]`` bool: rows equal (same task name, states within ``atol``) to a row of ``other``.
+
+        Use it to check that held-out evaluation contexts are not the
+        contexts the policy was trained or fine-tuned on.
+
+        Examples:
+            >>> a = ContextDataset([[0.0], [1.0]], [0, 0], ["t"])
+            >>> b = ContextDataset([[1.0], [2.0]], [0, 0], ["t"])
+            >>> a.matches(b).tolist()
+            [False, True]
+        """
+        out = torch.zeros(len(self), dtype=torch.bool)
+        for task_id, name in enumerate(self.task_names):
+            if name not in other.task_names:
+                continue
+            mine = self.task_contexts(task_id)
+            theirs = other.states[other.task_contexts(name)]
+            if mine.numel() == 0 or theirs.shape[0] == 0 or theirs.shape[1] != self.state_dim:
+                continue
+            close = (self.states[mine][:, None, :] - theirs[None]).abs().amax(-1) <= atol
+            out[mine] = close.any(-1)
+        return out
 
     def split(self, held_out_per_task: int, *, seed: int = 0) -> tuple[ContextDataset, ContextDataset]:
         """Split into (train, held-out) with ``held_out_per_task`` rows per task."""
@@ -357,8 +464,9 @@ class ContextDataset:
             first_observations=None
             if self.first_observations is None
             else self.first_observations[index],
-            sampler=self.sampler,
+            sampler=self.context_sampler.fresh(),  # row ids change: estimates do not carry over
             noise_std=0.0 if self.noise_std is None else self.noise_std.tolist(),
+            project=self.project,
             seed=self.seed,
         )
 
@@ -388,8 +496,15 @@ class ContextDataset:
                 if self.first_observations is None
                 else self.first_observations.to_dict(),
                 "sampler": self.sampler,
+                "sampler_config": self.context_sampler.config(),
+                "sampler_state": self.context_sampler.state_dict(),
+                "sampler_class": None
+                if self.sampler in SAMPLERS and type(self.context_sampler) is SAMPLERS[self.sampler]
+                else self.context_sampler.fresh(),
                 "noise_std": None if self.noise_std is None else self.noise_std.tolist(),
+                "project": self.project,
                 "seed": self.seed,
+                "generator": self.generator.get_state(),
             },
             path,
         )
@@ -400,16 +515,22 @@ class ContextDataset:
         first = blob["first_observations"]
         if first is not None:
             first = TensorDict(first, batch_size=[blob["states"].shape[0]])
-        return cls(
+        sampler = blob.get("sampler_class") or make_sampler(blob["sampler"], **blob.get("sampler_config", {}))
+        sampler.load_state_dict(blob.get("sampler_state", {}))
+        dataset = cls(
             blob["states"],
             blob["task_ids"],
             blob["task_names"],
             blob["instructions"],
             first_observations=first,
-            sampler=blob["sampler"],
+            sampler=sampler,
             noise_std=blob["noise_std"] or 0.0,
+            project=blob.get("project"),
             seed=blob["seed"],
         )
+        if blob.get("generator") is not None:
+            dataset.generator.set_state(blob["generator"])
+        return dataset
 
     def __repr__(self) -> str:
         return (

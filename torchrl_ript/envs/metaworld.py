@@ -48,10 +48,12 @@ __all__ = [
     "CONTEXT_DIM",
     "METAWORLD_INSTRUCTIONS",
     "QUEST_CORNER2_POS",
+    "MetaWorldContextProjection",
     "MetaWorldEnv",
     "metaworld_contexts",
     "metaworld_task_names",
     "rand_vec_dim",
+    "rand_vec_is_valid",
     "sample_rand_vecs",
 ]
 
@@ -197,11 +199,107 @@ def _random_reset(env, rng: np.random.Generator) -> np.ndarray:
     return _context_reset(env, _draw_rand_vec(env, rng))
 
 
+class InvalidContextError(ValueError):
+    """A frozen ``rand_vec`` that the task's reset rejects (it would redraw forever)."""
+
+
+# reset_model asks for the rand_vec once or twice per reset (MetaWorld's reset
+# runs it twice); a task that keeps asking is stuck in its rejection loop
+_MAX_RAND_VEC_CALLS = 16
+
+
 def _context_reset(env, rand_vec: np.ndarray) -> np.ndarray:
     env._freeze_rand_vec = True
     env._last_rand_vec = np.array(rand_vec, dtype=np.float64)
-    obs, _ = env.reset()
+    calls = 0
+    get = type(env)._get_state_rand_vec
+
+    def guarded():
+        nonlocal calls
+        calls += 1
+        if calls > _MAX_RAND_VEC_CALLS:
+            raise InvalidContextError(
+                f"context rand_vec {np.round(rand_vec, 4).tolist()} is rejected by "
+                f"{type(env).__name__}'s reset (e.g. object and goal too close): use contexts "
+                "from metaworld_contexts, and pass noisy ones through MetaWorldContextProjection."
+            )
+        return get(env)
+
+    env._get_state_rand_vec = guarded
+    try:
+        obs, _ = env.reset()
+    finally:
+        del env._get_state_rand_vec
     return obs
+
+
+def rand_vec_is_valid(task_name: str, context_state) -> bool:
+    """Whether ``task_name``'s reset accepts the encoded start ``context_state``.
+
+    Several tasks redraw at reset until, e.g., object and goal are far enough
+    apart; a frozen vector that fails that test can never start an episode.
+
+    Examples:
+        >>> vec = sample_rand_vecs("push-v3", 1, seed=0)[0]
+        >>> rand_vec_is_valid("push-v3", vec)
+        True
+        >>> vec[3:5] = vec[0:2]  # goal on the puck: push-v3 rejects it
+        >>> rand_vec_is_valid("push-v3", vec)
+        False
+    """
+    env = _scratch_env(task_name)
+    dim = rand_vec_dim(task_name)
+    try:
+        _context_reset(env, np.asarray(context_state, dtype=np.float64).reshape(-1)[:dim])
+    except InvalidContextError:
+        return False
+    return True
+
+
+class MetaWorldContextProjection:
+    """Make noisy MetaWorld contexts valid starts (for ``ContextDataset(project=...)``).
+
+    Noise added to a context (:class:`~torchrl_ript.data.ContextDataset`'s
+    ``noise_std`` or :meth:`~torchrl_ript.data.ContextDataset.jitter`) can move
+    an object outside the region the task draws it from, or make a start the
+    task's reset rejects. This clips each noisy ``rand_vec`` to the task's
+    reset box and zeroes the padding; a start the task still rejects is
+    replaced by its exact (noise-free) context. It pickles (it holds only the
+    task names), so it travels with the dataset to worker processes.
+
+    Args:
+        task_names: the dataset's task names (its task ids index them).
+
+    Examples:
+        >>> import torch
+        >>> project = MetaWorldContextProjection(["drawer-close-v3"])
+        >>> exact = torch.tensor(sample_rand_vecs("drawer-close-v3", 1, seed=0))
+        >>> noisy = exact + 1.0  # far outside the task's box
+        >>> out = project(noisy, exact, torch.tensor([0]))
+        >>> bool(out[0, 1] == 0.9), bool((out[0, 3:] == 0).all())  # y is fixed at 0.9 in this task
+        (True, True)
+    """
+
+    def __init__(self, task_names) -> None:
+        self.task_names = [str(name) for name in task_names]
+        for name in self.task_names:
+            _check_task(name)
+
+    def __call__(self, noisy: torch.Tensor, exact: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        out = noisy.clone()
+        for row, task_id in enumerate(task_ids.tolist()):
+            name = self.task_names[task_id]
+            space = _scratch_env(name)._random_reset_space
+            dim = space.low.size
+            vec = np.clip(noisy[row, :dim].numpy(), space.low, space.high)
+            if rand_vec_is_valid(name, vec):
+                out[row] = torch.from_numpy(encode_rand_vec(vec))
+            else:
+                out[row] = exact[row]
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.task_names})"
 
 
 @functools.lru_cache(maxsize=None)

@@ -44,7 +44,7 @@ from torchrl_ript.envs.metaworld import (
     sample_rand_vecs,
 )
 
-__all__ = ["metaworld_key_map", "record_metaworld_demos", "main"]
+__all__ = ["ensure_metaworld_demos", "metaworld_key_map", "record_metaworld_demos", "main"]
 
 
 def metaworld_key_map(camera_names: Sequence[str] = ("corner2",)) -> dict:
@@ -162,6 +162,50 @@ def record_metaworld_demos(
             f"(The partial file {path} holds the {kept} successes.)"
         )
     return path
+
+
+def ensure_metaworld_demos(
+    task_names: Sequence[str],
+    n: int,
+    *,
+    folder: str | Path,
+    record: bool = True,
+    **kwargs,
+) -> list[Path]:
+    """``<folder>/<task>_demo.hdf5`` for every task, recording the missing ones.
+
+    An existing file is reused when it holds exactly ``n`` demos; one with
+    another count raises (it was recorded for another setting), and so does
+    a missing file when ``record=False`` (a user's demo folder).
+    ``kwargs`` go to :func:`record_metaworld_demos` (noise, seed, cameras...).
+
+    Examples:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> paths = ensure_metaworld_demos(["reach-v3"], 1, folder=folder, image_size=32, progress=False)
+        >>> ensure_metaworld_demos(["reach-v3"], 1, folder=folder, record=False) == paths
+        True
+    """
+    import h5py
+
+    folder = Path(folder)
+    paths = []
+    for task in task_names:
+        path = folder / f"{task}_demo.hdf5"
+        if path.exists():
+            with h5py.File(path, "r") as file:
+                count = len(file["data"].keys()) if "data" in file else 0
+            if count != n:
+                raise ValueError(
+                    f"{path} holds {count} demos, {n} wanted: point the demo folder elsewhere, "
+                    f"delete the file, or ask for {count}."
+                )
+        elif record:
+            record_metaworld_demos(task, n, out=folder, **kwargs)
+        else:
+            raise FileNotFoundError(f"no demo file {path}: record it (python -m torchrl_ript.envs.metaworld_demos).")
+        paths.append(path)
+    return paths
 
 
 def _run_expert(env, policy, context: np.ndarray, noise: float, rng) -> dict | None:

@@ -1,7 +1,19 @@
-"""Stages shared by the benchmark pipelines: policy -> SFT -> evaluate -> RIPT.
+"""Stages shared by the benchmark pipelines: [pretrain ->] SFT -> evaluate -> RIPT.
 
 The MetaWorld and LIBERO examples differ in their env, demos and contexts;
-what they do with a policy is the same and lives here.
+what they do with a policy is the same and lives here:
+
+* :func:`load_or_train_policy`: SFT from scratch (or load a checkpoint);
+  with ``start_from=`` a pretrained checkpoint it fine-tunes instead
+  (:func:`finetune_sft`: QueST keeps its pretrained tokenizer and trains the
+  prior; the regression policy trains its mean head and refits its scale
+  head);
+* :func:`load_or_pretrain`: the pretrain stage, multitask SFT on source tasks
+  (:func:`train_sft`), saved as the checkpoint the target SFT starts from;
+* :func:`attach_outcome_feed`: let an adaptive context sampler see every
+  finished rollout of a collector;
+* :func:`collection_summary`: informative-group rate and env steps per
+  informative group of a RIPT run.
 """
 from __future__ import annotations
 
@@ -19,19 +31,27 @@ from torchrl.modules import ProbabilisticActor
 
 from torchrl_ript.config import RIPTConfig
 from torchrl_ript.data.demos import DemoFile
+from torchrl_ript.data.samplers import AdaptiveSampler, ContextOutcomeFeed, make_sampler
 from torchrl_ript.models.checkpoint import load_policy, save_policy
 from torchrl_ript.models.common import EncoderConfig
 from torchrl_ript.models.regression_policy import RegressionPolicy, make_regression_actor, regression_config
 from torchrl_ript.models.quest import QuestDecoder, QuestPolicy, make_quest_actor, quest_config
 from torchrl_ript.modules.actors import make_rollout_policy
 from torchrl_ript.trainers import sft
+from torchrl_ript.trainers.stats import paired_success_test
 
 __all__ = [
     "PolicyBundle",
     "build_policy",
     "wrap_policy",
     "train_sft",
+    "finetune_sft",
     "load_or_train_policy",
+    "load_or_pretrain",
+    "attach_outcome_feed",
+    "collection_summary",
+    "context_sampler",
+    "paired_results",
     "set_sampling",
     "sft_options",
     "ript_config",
@@ -134,6 +154,41 @@ def train_sft(
     return history
 
 
+def finetune_sft(
+    bundle: PolicyBundle,
+    files: list[DemoFile],
+    *,
+    steps: int,
+    batch_size: int = 64,
+    lr: float = 3e-4,
+    scale_steps: int = 500,
+    seed: int = 0,
+    progress: bool = True,
+    **_unused,
+) -> dict[str, list[float]]:
+    """SFT of a *pretrained* policy on a target's few demos.
+
+    QueST keeps its pretrained skill tokenizer (the autoencoder is frozen: the
+    target's actions are written in the tokens it learned on the source tasks)
+    and fine-tunes the prior and observation encoders. The regression policy
+    fine-tunes its mean head and encoders, then refits its scale head by NLL
+    on the target demos (the pretrained scale describes the source tasks).
+    ``autoencoder_steps`` (and other :func:`train_sft` keywords) are ignored.
+    """
+    network = bundle.network
+    data = sft.chunk_demo_files(files, network.config.chunk_size)
+    batches = sft.batch_iterator(data, batch_size, seed=seed)
+    if bundle.kind == "quest":
+        history = {"prior": sft.train_quest_prior(network, batches, steps=steps, lr=lr, progress=progress)}
+    else:
+        history = {"regression": sft.train_regression(network, batches, steps=steps, lr=lr, progress=progress)}
+        history["scale"] = sft.fit_regression_scale(
+            network, batches, steps=scale_steps, actor=bundle.actor, progress=progress
+        )
+    network.eval()
+    return history
+
+
 def set_sampling(network: nn.Module, **options) -> nn.Module:
     """Change how a built or loaded network samples (QueST: ``temperature``, ``top_k``).
 
@@ -168,6 +223,13 @@ def set_sampling(network: nn.Module, **options) -> nn.Module:
     return network
 
 
+def _load_checkpoint(path: str | Path, what: str, hint: str) -> nn.Module:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} checkpoint {path} does not exist: give an existing file, or {hint}.")
+    return load_policy(path)
+
+
 def load_or_train_policy(
     checkpoint: str | Path | None,
     *,
@@ -176,31 +238,168 @@ def load_or_train_policy(
     sft_options: dict,
     save_to: Path,
     sampling: Mapping | None = None,
+    start_from: str | Path | None = None,
     progress: bool = True,
 ) -> tuple[PolicyBundle, dict]:
-    """Load ``checkpoint`` when given (skips SFT), else build, SFT and save.
+    """Load ``checkpoint`` when given (skips SFT), else SFT and save.
 
-    ``sampling`` (see :func:`set_sampling`) applies to the loaded or trained
-    network. Returns the bundle and ``{"sft_s": seconds, "history": {...}}``.
+    Without ``start_from`` SFT builds a fresh policy from ``build`` and
+    trains it from scratch (:func:`train_sft`); with ``start_from`` (a
+    pretrained :func:`save_policy` file, e.g. from :func:`load_or_pretrain`)
+    it fine-tunes that policy (:func:`finetune_sft`). ``sampling`` (see
+    :func:`set_sampling`) applies to the loaded or trained network. Returns
+    the bundle and ``{"sft_s": seconds, "history": {...}}``.
     """
     sampling = dict(sampling or {})
     if checkpoint:
-        path = Path(checkpoint)
-        if not path.exists():
-            raise FileNotFoundError(
-                f"policy checkpoint {path} does not exist: give an existing file, or "
-                "leave policy.checkpoint empty to train one by SFT."
-            )
-        network = set_sampling(load_policy(path), **sampling)
-        return wrap_policy(network), {"sft_s": 0.0, "history": {}, "loaded": str(path)}
+        network = _load_checkpoint(checkpoint, "policy", "leave policy.checkpoint empty to train one by SFT")
+        network = set_sampling(network, **sampling)
+        return wrap_policy(network), {"sft_s": 0.0, "history": {}, "loaded": str(checkpoint)}
+    if start_from:
+        network = _load_checkpoint(start_from, "pretrained", "leave it empty to run the pretrain stage")
+    else:
+        network = build_policy(**build).network
+    set_sampling(network, **sampling)  # checked before SFT so a typo fails fast
+    bundle = wrap_policy(network)
+    start = time.perf_counter()
+    train = finetune_sft if start_from else train_sft
+    history = train(bundle, files_fn(), progress=progress, **sft_options)
+    save_to.parent.mkdir(parents=True, exist_ok=True)
+    extra = {"sft": {k: v[-1:] for k, v in history.items()}, "start_from": str(start_from) if start_from else None}
+    save_policy(bundle.network, save_to, extra=extra)
+    info = {"sft_s": time.perf_counter() - start, "history": history, "saved": str(save_to)}
+    if start_from:
+        info["start_from"] = str(start_from)
+    return bundle, info
+
+
+def load_or_pretrain(
+    checkpoint: str | Path | None,
+    *,
+    build: dict,
+    files_fn,
+    sft_options: dict,
+    save_to: Path,
+    progress: bool = True,
+) -> tuple[Path, dict]:
+    """The pretrain stage: multitask SFT on source tasks' demos, saved as a checkpoint.
+
+    Returns the checkpoint path (``checkpoint`` itself when given: the stage
+    is skipped) and ``{"pretrain_s": seconds, "history": {...}}``. The target
+    SFT then starts from it: ``load_or_train_policy(..., start_from=path)``.
+
+    Examples:
+        >>> import tempfile, numpy as np
+        >>> from pathlib import Path
+        >>> from torchrl_ript.data.demos import DemoWriter, read_demos
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> with DemoWriter(folder / "a.hdf5", task_name="a", language_instruction="do a") as w:
+        ...     _ = w.add_demo({"rgb": np.zeros((12, 32, 32, 3), np.uint8), "s": np.zeros((12, 4))},
+        ...                    actions=np.random.rand(12, 4) - 0.5)
+        >>> files = lambda: [read_demos(folder / "a.hdf5", key_map={"rgb": ("observation", "image"),
+        ...                                                           "s": ("observation", "state")})]
+        >>> build = dict(kind="quest", preset="tiny", action_dim=4, state_dim=4,
+        ...              image_keys=[("observation", "image")], image_size=32)
+        >>> path, info = load_or_pretrain(None, build=build, files_fn=files, progress=False,
+        ...                               sft_options=dict(steps=2, autoencoder_steps=2), save_to=folder / "pre.pt")
+        >>> bundle, sft_info = load_or_train_policy(None, build=build, files_fn=files, start_from=path,
+        ...                                         sft_options=dict(steps=2), save_to=folder / "sft.pt", progress=False)
+        >>> sorted(info["history"]), sorted(sft_info["history"])  # the fine-tune keeps the tokenizer
+        (['autoencoder', 'prior'], ['prior'])
+    """
+    if checkpoint:
+        _load_checkpoint(checkpoint, "pretrained", "leave pretrain.checkpoint empty to pretrain")
+        return Path(checkpoint), {"pretrain_s": 0.0, "history": {}, "loaded": str(checkpoint)}
     bundle = build_policy(**build)
-    set_sampling(bundle.network, **sampling)  # checked before SFT so a typo fails fast
-    bundle = wrap_policy(bundle.network)
     start = time.perf_counter()
     history = train_sft(bundle, files_fn(), progress=progress, **sft_options)
     save_to.parent.mkdir(parents=True, exist_ok=True)
-    save_policy(bundle.network, save_to, extra={"sft": {k: v[-1:] for k, v in history.items()}})
-    return bundle, {"sft_s": time.perf_counter() - start, "history": history, "saved": str(save_to)}
+    save_policy(bundle.network, save_to, extra={"pretrain": {k: v[-1:] for k, v in history.items()}})
+    return save_to, {"pretrain_s": time.perf_counter() - start, "history": history, "saved": str(save_to)}
+
+
+def attach_outcome_feed(collector, contexts=None):
+    """Report every rollout a collector finishes to its context dataset's sampler.
+
+    Appends a :class:`~torchrl_ript.data.samplers.ContextOutcomeFeed` to the
+    collector's replay buffer (last, so it sees each trajectory before dynamic
+    sampling drops uniform groups). Needed by ``sampler="adaptive"``;
+    harmless otherwise. Returns the collector.
+    """
+    if not hasattr(collector, "replay_buffer_with_transforms"):
+        raise TypeError(
+            f"{type(collector).__name__} has no local replay buffer to watch: the adaptive context "
+            "sampler needs the in-process GroupCollector (collector.backend=local), or use "
+            "contexts.sampler=uniform / per_task."
+        )
+    contexts = collector.context_dataset if contexts is None else contexts
+    collector.replay_buffer_with_transforms.append_transform(ContextOutcomeFeed(contexts))
+    return collector
+
+
+def context_sampler(name: str, *, group_size: int, explore: float = 0.2):
+    """The context sampler a config names: ``"uniform"``, ``"per_task"`` or
+    ``"adaptive"`` (for groups of ``group_size``, with ``explore`` uniform draws)."""
+    if name == "adaptive":
+        return AdaptiveSampler(group_size=group_size, explore=explore)
+    return make_sampler(name)
+
+
+def paired_results(before: Mapping | None, after: Mapping, modes: list[str]) -> dict:
+    """``p_value`` (headline mode) and ``p_value_by_mode`` of RIPT vs SFT.
+
+    ``before`` / ``after`` are :func:`~torchrl_ript.trainers.evaluate_modes`
+    ``by_mode`` results on the same contexts; each mode gets the one-sided
+    exact McNemar test of :func:`~torchrl_ript.trainers.stats.paired_success_test`
+    (``gained``, ``lost``, ``p_value``). ``before=None`` (SFT not evaluated)
+    gives ``p_value=None``.
+
+    Examples:
+        >>> sft = {"random": {"outcomes": [0, 0, 0, 0, 0, 1]}}
+        >>> ript = {"random": {"outcomes": [1, 1, 1, 1, 0, 1]}}
+        >>> paired_results(sft, ript, ["random"])["p_value"]
+        0.0625
+    """
+    if not before:
+        return {"p_value": None, "p_value_by_mode": None}
+    tests = {m: paired_success_test(before[m]["outcomes"], after[m]["outcomes"]) for m in modes}
+    return {"p_value": tests[modes[0]]["p_value"], "p_value_by_mode": tests}
+
+
+def collection_summary(history: list[dict], *, dynamic_sampling: bool = True) -> dict:
+    """Totals of a RIPT run's collection statistics (``RIPTTrainer.history``).
+
+    ``informative_group_rate`` = groups with mixed outcomes / completed groups;
+    ``env_steps_per_informative_group`` = all env steps spent / informative
+    groups. With ``dynamic_sampling=False`` the collector keeps the uniform
+    groups too (they count in ``groups_kept``): pass it so they are not
+    counted as informative.
+
+    Examples:
+        >>> collection_summary([{"collect/groups_completed": 4, "collect/groups_kept": 1,
+        ...     "collect/groups_all_success": 1, "collect/groups_all_failure": 2, "collect/env_steps": 800,
+        ...     "collect/rollouts_kept": 8, "collect/contexts_drawn": 5}])["env_steps_per_informative_group"]
+        800.0
+    """
+    def total(key):
+        return int(sum(r.get(f"collect/{key}", 0) for r in history))
+
+    completed, kept = total("groups_completed"), total("groups_kept")
+    uniform = total("groups_all_success") + total("groups_all_failure")
+    informative = kept if dynamic_sampling else kept - uniform
+    env_steps = total("env_steps")
+    return {
+        "groups_completed": completed,
+        "groups_informative": informative,
+        "groups_all_success": total("groups_all_success"),
+        "groups_all_failure": total("groups_all_failure"),
+        "contexts_drawn": total("contexts_drawn"),
+        "rollouts_kept": total("rollouts_kept"),
+        "env_steps": env_steps,
+        "informative_group_rate": informative / completed if completed else 0.0,
+        # None (JSON null) when no group was informative
+        "env_steps_per_informative_group": env_steps / informative if informative else None,
+    }
 
 
 def sft_options(sft: Mapping, *, seed: int) -> dict:

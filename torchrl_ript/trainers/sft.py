@@ -2,10 +2,12 @@
 
 Data: per-demo tensordicts ``[T]`` with the canonical observation keys and
 ``"action"`` ``[T, A]`` (what ``torchrl_ript.data.demos`` yields) are cut into
-training rows by :func:`chunk_demo` / :func:`make_chunk_dataset`: the
-observation at ``t``, ``"action"`` ``[chunk, A]`` = actions ``t .. t+chunk-1``
-(past the end: the last action repeated) and ``"action_mask"`` ``[chunk]``
-(``False`` on that padding).
+training rows by :func:`chunk_demo_files` / :func:`make_chunk_dataset`, on
+TorchRL's ``ActionChunkTransform``
+(:func:`torchrl_ript.data.demos.demos_to_bc_dataset`): the observation at
+``t``, ``"action"`` ``[chunk, A]`` = actions ``t .. t+chunk-1`` (past the end:
+the last action repeated) and ``"action_mask"`` ``[chunk]`` (``False`` on that
+padding).
 
 Recipes:
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 
 import torch
 from tensordict import TensorDictBase
@@ -30,12 +33,12 @@ from tensordict.utils import NestedKey
 from torch import nn
 from tqdm.auto import tqdm
 
+from torchrl_ript.data.demos import DemoFile, demos_to_bc_dataset
 from torchrl_ript.models.regression_policy import RegressionPolicy, make_regression_actor
 from torchrl_ript.models.quest import QuestPolicy
 from torchrl_ript.modules.scale_head import fit_scale_head
 
 __all__ = [
-    "chunk_demo",
     "make_chunk_dataset",
     "chunk_demo_files",
     "from_bc_dataset",
@@ -55,65 +58,57 @@ __all__ = [
 _DEFAULT_KEEP: tuple[NestedKey, ...] = ("observation", "language_instruction")
 
 
-def chunk_demo(
-    demo: TensorDictBase,
+def chunk_demo_files(
+    files: Iterable[DemoFile],
     chunk_size: int,
     *,
-    action_key: NestedKey = "action",
     mask_key: NestedKey = "action_mask",
     keep_keys: Sequence[NestedKey] = _DEFAULT_KEEP,
-    pad: str = "last",
 ) -> TensorDictBase:
-    """One demo ``[T]`` -> ``[T]`` training rows with ``[chunk, A]`` action chunks.
+    """Training rows of :func:`torchrl_ript.data.demos.read_demos` outputs.
 
-    Args:
-        demo: tensordict of one demonstration, batch ``[T]``, with
-            ``action_key`` ``[T, A]`` and the observation keys.
-        chunk_size: actions per chunk.
-        keep_keys: entries copied from the demo (observations, instruction).
-        pad: ``"last"`` repeats the final action past the end (the robot
-            holds still), ``"zero"`` writes zeros.
+    The chunks come from :func:`~torchrl_ript.data.demos.demos_to_bc_dataset`
+    (TorchRL's ``ActionChunkTransform``): row ``t`` of a demo holds its
+    observation at ``t``, ``"action"`` ``[chunk, A]`` = actions ``t ..
+    t+chunk-1`` (past the end of the demo: its last action repeated) and
+    ``mask_key`` ``[chunk]`` (``False`` on that padding). Each file's
+    ``instruction`` becomes the rows' ``"language_instruction"``; only
+    ``keep_keys`` (observations, instruction), the action and the mask are
+    kept.
+
+    Examples:
+        >>> import numpy as np, os, tempfile
+        >>> from torchrl_ript.data.demos import DemoWriter, read_demos
+        >>> path = os.path.join(tempfile.mkdtemp(), "t.hdf5")
+        >>> with DemoWriter(path, task_name="t", language_instruction="do it") as w:
+        ...     _ = w.add_demo({"s": np.zeros((3, 2))}, actions=np.arange(12.0).reshape(3, 4))
+        >>> rows = chunk_demo_files([read_demos(path, key_map={"s": ("observation", "state")})], 2)
+        >>> rows["action"][2].tolist(), rows["action_mask"][2].tolist()  # last action repeated, masked
+        ([[8.0, 9.0, 10.0, 11.0], [8.0, 9.0, 10.0, 11.0]], [True, False])
     """
-    if demo.batch_dims != 1:
-        raise ValueError(f"a demo must have one batch dim [T], got {demo.batch_size}.")
-    T = demo.batch_size[0]
-    actions = demo.get(action_key)
-    idx = torch.arange(T)[:, None] + torch.arange(chunk_size)[None, :]
-    mask = idx < T
-    chunks = actions[idx.clamp(max=T - 1)]
-    if pad == "zero":
-        chunks = chunks * mask[..., None].to(chunks.dtype)
-    elif pad != "last":
-        raise ValueError(f"pad must be 'last' or 'zero', got {pad!r}.")
-    out = demo.select(*[k for k in keep_keys if k in demo.keys(include_nested=True)])
-    out.set(action_key, chunks)
-    out.set(mask_key, mask)
-    return out
+    files = list(files)
+    if not files or not any(len(file) for file in files):
+        raise ValueError("the demo files hold no demos.")
+    rows = from_bc_dataset(demos_to_bc_dataset(files, chunk_size=chunk_size), mask_key=mask_key)
+    keep = [k for k in keep_keys if k in rows.keys(include_nested=True)]
+    return rows.select(*keep, "action", mask_key)
 
 
 def make_chunk_dataset(demos: Iterable[TensorDictBase], chunk_size: int, **kwargs) -> TensorDictBase:
-    """Concatenate :func:`chunk_demo` of every demo into one ``[N]`` tensordict."""
-    rows = [chunk_demo(d, chunk_size, **kwargs) for d in demos]
-    if not rows:
+    """:func:`chunk_demo_files` of in-memory demos ``[T]`` (each with ``"action"``
+    ``[T, A]``, its observations and a ``"language_instruction"`` string)."""
+    files = []
+    for demo in demos:
+        if demo.batch_dims != 1:
+            raise ValueError(f"a demo must have one batch dim [T], got {demo.batch_size}.")
+        instruction = demo.get_non_tensor("language_instruction", default="")
+        if not isinstance(instruction, str):  # a per-step stack: one instruction per demo
+            instruction = instruction[0]
+        steps = demo.exclude("language_instruction", "next")
+        files.append(DemoFile([steps], None, instruction, instruction, Path("<memory>")))
+    if not files:
         raise ValueError("no demos given.")
-    return torch.cat(rows, 0)
-
-
-def chunk_demo_files(files: Iterable, chunk_size: int, **kwargs) -> TensorDictBase:
-    """Training rows of :func:`torchrl_ript.data.demos.read_demos` outputs.
-
-    Each ``DemoFile``'s ``instruction`` is attached to its demos as
-    ``"language_instruction"``; see :func:`chunk_demo` for ``kwargs``.
-    """
-    rows = []
-    for file in files:
-        for demo in file.demos:
-            demo = demo.copy()
-            demo.set_non_tensor("language_instruction", file.instruction)
-            rows.append(chunk_demo(demo, chunk_size, **kwargs))
-    if not rows:
-        raise ValueError("the demo files hold no demos.")
-    return torch.cat(rows, 0)
+    return chunk_demo_files(files, chunk_size, **kwargs)
 
 
 def from_bc_dataset(dataset: TensorDictBase, *, mask_key: NestedKey = "action_mask") -> TensorDictBase:
