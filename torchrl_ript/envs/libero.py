@@ -472,6 +472,41 @@ class LiberoContextEnv(LiberoEnv):
         """Reset to ``state`` (flattened MuJoCo state, padded or not); returns the first observation."""
         return self._reset_from(np.asarray(state, dtype=np.float64).reshape(-1)[: self._true_state_dim])
 
+    # -- physics without rendering (scripted experts, planning) ---------------
+    def reset_physics(self, state) -> None:
+        """Reset to ``state`` exactly as a context reset does, without rendering.
+
+        The simulator then holds the state a context reset would give (settle
+        steps included), so actions found here replay bitwise through
+        :meth:`reset` / :meth:`step`. Needs ``fast_step=True``.
+        """
+        if not self.fast_step:
+            raise RuntimeError("reset_physics needs fast_step=True (native steps render at every action).")
+        state = np.asarray(state, dtype=np.float64).reshape(-1)[: self._true_state_dim]
+        self._placement_reset()
+        self._reset_gripper_state()
+        self._env.set_init_state(state)
+        for _ in range(self.settle_steps):
+            self._act(self._dummy_action)
+        self._elapsed = 0
+
+    def step_physics(self, action) -> bool:
+        """Execute one low-level ``[7]`` action without rendering; returns success.
+
+        The same physics and controller calls as :meth:`step` (which also
+        renders the cameras); the time limit is not enforced here.
+        """
+        if not self.fast_step:
+            raise RuntimeError("step_physics needs fast_step=True.")
+        self._act(np.asarray(action, dtype=np.float64).reshape(self._action_dim))
+        self._elapsed += 1
+        return bool(self._env.check_success())
+
+    @property
+    def robosuite_env(self):
+        """The underlying LIBERO (robosuite) environment: privileged simulator access."""
+        return self._env.env
+
     @property
     def true_state_dim(self) -> int:
         """Size of this task's flattened MuJoCo state (before padding)."""
