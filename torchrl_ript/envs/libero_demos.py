@@ -186,6 +186,10 @@ def _goal_pick_place(env) -> tuple[str, str] | None:
     obj, target = goal[0][1], goal[0][2]
     if obj not in env.objects_dict:
         return None
+    if predicate[0] == "in" and target in env.object_sites_dict:
+        parent = getattr(env.object_states_dict.get(target), "parent_name", None)
+        if parent in env.fixtures_dict:
+            return None  # into a drawer / microwave: it must be opened first (not scripted)
     if target not in env.objects_dict and target not in env.fixtures_dict and target not in env.object_sites_dict:
         return None
     return obj, target
@@ -257,19 +261,26 @@ class LiberoScriptedExpert:
         pts = scene.corners(self.pick)
         height = box.size[2]
         if self._is_bowl():
-            # Rim grasp: the fingers straddle the rim wall, radially. Pick the rim
-            # point (+-y of the centre, fingers closing along y) farthest from
-            # other objects.
+            # Rim grasp: the fingers straddle the rim wall, closing radially. Of the
+            # rim points in 8 directions, take the one whose hand footprint (the
+            # hand spans ~10 cm each way along the closing axis) is farthest from
+            # other objects and fixtures.
             radius = min(box.size[0], box.size[1]) / 2
-            options = []
-            for sign in (1.0, -1.0):
-                point = box.center.copy()
-                point[1] += sign * (radius - 0.012)
-                options.append((self._clearance(point[:2]), sign, point))
-            _, _, point = max(options, key=lambda o: o[0])
-            point[2] = box.hi[2] - 0.025
-            self.grasp_point = point
-            self.grasp_yaw = 0.0
+            grasp_z = box.hi[2] - 0.025
+            best = None
+            for angle in np.deg2rad(np.arange(0, 360, 45)):
+                d = np.array([np.cos(angle), np.sin(angle)])
+                rim = box.center[:2] + (radius - 0.012) * d
+                normal = np.array([-d[1], d[0]])
+                footprint = [rim + a * d + b * normal for a in (-0.1, 0.0, 0.1) for b in (-0.03, 0.03)]
+                # prefer the side facing the robot (-x) a little: shorter reach, less rotation
+                score = self._clearance(footprint, grasp_z) - 0.01 * d[0]
+                if best is None or score > best[0]:
+                    best = (score, d, rim)
+            _, d, rim = best
+            self.grasp_point = np.array([rim[0], rim[1], grasp_z])
+            yaw = np.arctan2(-d[0], d[1])  # closing axis (-sin, cos) along d
+            self.grasp_yaw = float((yaw + np.pi / 2) % np.pi - np.pi / 2)
         else:
             # Narrowest horizontal extent across the fingers (yaw symmetric mod pi).
             best = None
@@ -291,15 +302,29 @@ class LiberoScriptedExpert:
         self.pick_height = height
         self.target_rot = _rot_z(self.grasp_yaw) @ _DOWN
 
-    def _clearance(self, xy: np.ndarray) -> float:
+    def _clearance(self, points, z_min: float) -> float:
+        """Horizontal distance from ``points`` to the nearest other object or fixture
+        reaching above ``z_min`` (the table and floor are ignored)."""
         best = np.inf
-        for name in self.env.objects_dict:
+        for name in list(self.env.objects_dict) + list(self.env.fixtures_dict):
             if name == self.pick:
                 continue
-            box = self.scene.box(name)
-            d = np.maximum(np.maximum(box.lo[:2] - xy, xy - box.hi[:2]), 0.0)
-            best = min(best, float(np.linalg.norm(d)))
+            box = self._obstacle_box(name)
+            if box is None or box.hi[2] < z_min:
+                continue
+            for xy in points:
+                d = np.maximum(np.maximum(box.lo[:2] - xy, xy - box.hi[:2]), 0.0)
+                best = min(best, float(np.linalg.norm(d)))
         return best
+
+    def _obstacle_box(self, name: str) -> _Box | None:
+        try:
+            box = self.scene.box(name)
+        except (KeyError, ValueError):
+            return None
+        if box.size[0] > 0.6 or box.size[1] > 0.6:  # floor / table
+            return None
+        return box
 
     def _target_parent(self) -> str:
         """The object or fixture that carries the target (the target itself if it is one)."""
@@ -333,11 +358,8 @@ class LiberoScriptedExpert:
         length2 = float(seg @ seg) or 1e-9
         top = -np.inf
         for name in names:
-            try:
-                box = self.scene.box(name)
-            except Exception:  # fixtures without collision geoms
-                continue
-            if box.size[2] > 1.0 or box.size[0] > 1.0:  # floor / table
+            box = self._obstacle_box(name)
+            if box is None:
                 continue
             center = box.center[:2]
             t = np.clip(float((center - start_xy) @ seg) / length2, 0.0, 1.0)
@@ -426,7 +448,9 @@ class LiberoScriptedExpert:
             goal[:2] = eef[:2] + (target_xy - obj[:2])
             goal[2] = surface + below + 0.015
             action, dist = self._move(goal, _CLOSED, speed=0.5)
-            if dist < 0.01 or steps > 40:
+            stalled = steps > 5 and abs(eef[2] - self._last_z) < 0.0005  # resting on the target
+            self._last_z = eef[2]
+            if dist < 0.01 or stalled or steps > 40:
                 self._next("release")
             return action
         if phase == "release":
