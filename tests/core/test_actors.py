@@ -97,3 +97,33 @@ def test_actor_errors():
         make_token_actor(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="top_k"):
         TokenCategorical(torch.zeros(1, 2, 3), top_k=5)
+
+
+@pytest.mark.parametrize("distribution", ["laplace", "gaussian"])
+def test_fitted_scale_is_the_maximum_likelihood_scale_of_the_residuals(distribution):
+    # fixed mean head, known residuals: the NLL-optimal constant scale is the
+    # mean absolute residual (Laplace) or the root mean square residual (Gaussian)
+    from torchrl_ript import ScaleHead
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mean = torch.nn.Linear(4, 2)
+            self.scale = ScaleHead(1, (2,), hidden=8, init_scale=1.0)
+
+        def forward(self, obs):
+            return self.mean(obs), self.scale(torch.ones(*obs.shape[:-1], 1))
+
+    torch.manual_seed(0)
+    net = Net()
+    actor = make_continuous_actor(net, in_keys=["obs"], event_dims=1, distribution=distribution)
+    obs = torch.randn(512, 4)
+    with torch.no_grad():
+        residual = torch.distributions.Laplace(0.0, torch.tensor([0.05, 0.4])).sample((512,))
+        action = net.mean(obs) + residual
+    demos = [TensorDict(obs=obs, action=action, batch_size=[512])]
+    fit_scale_head(actor, net.scale.parameters(), demos, steps=400, lr=5e-2, progress=False)
+    with torch.no_grad():
+        fitted = net.scale(torch.ones(1, 1))[0]
+    expected = residual.abs().mean(0) if distribution == "laplace" else residual.pow(2).mean(0).sqrt()
+    torch.testing.assert_close(fitted, expected, rtol=0.03, atol=1e-3)

@@ -116,3 +116,64 @@ def test_token_outside_the_current_top_k_is_counted_not_infinite(ratio):
     assert float(out["support_exit_fraction"]) > 0
     out["loss_objective"].backward()
     assert all(torch.isfinite(p.grad).all() for p in actor.parameters() if p.grad is not None)
+
+
+def _pad(batch, extra):
+    """The same trajectories with ``extra`` more padded decision slots."""
+    steps = batch["steps"]
+    pad = steps[:, :1].clone().zero_().expand(steps.shape[0], extra).clone()
+    out = batch.clone()
+    out["steps"] = torch.cat([steps, pad], 1)
+    return out
+
+
+def test_per_decision_statistics_are_means_over_real_decisions():
+    # every real decision's ratio is e (stored log-prob lowered by 1): all are clipped
+    actor, _ = laplace_actor()
+    batch = trajectories(actor)  # lengths 5, 3, 2, 4 out of T=5: 14 real decisions of 20
+    batch["advantage"] = torch.tensor([[1.0], [-1.0], [1.0], [-1.0]])
+    mask = batch["steps", "mask"]
+    batch["steps", "action_log_prob"] = batch["steps", "action_log_prob"] - mask.float()
+    out = RIPTClipPPOLoss(actor, ratio="step")(batch)
+    assert float(out["clip_fraction"]) == 1.0
+    assert float(out["kl_approx"]) == pytest.approx(-1.0, abs=1e-5)
+    assert float(out["mean_ratio"]) == pytest.approx(torch.e, rel=1e-5)
+    assert out["ESS"].shape == torch.Size([]) and float(out["ESS"]) == pytest.approx(1.0, rel=1e-5)
+    # the objective is the mean over the 14 decisions of min(r A, clip(r) A)
+    adv = batch["advantage"].squeeze(-1)[mask.nonzero(as_tuple=True)[0]]
+    expected = -torch.minimum(torch.e * adv, 1.2 * adv).mean()
+    assert float(out["loss_objective"]) == pytest.approx(float(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize("ratio", ["trajectory", "step"])
+def test_padding_changes_neither_the_loss_nor_its_gradient(ratio):
+    actor, _ = laplace_actor()
+    batch = trajectories(actor)
+    batch["advantage"] = torch.tensor([[1.0], [-1.0], [0.5], [-0.5]])
+    batch["steps", "action_log_prob"] = batch["steps", "action_log_prob"] - 0.1 * batch["steps", "mask"].float()
+    batch["action_log_prob"] = batch["steps", "action_log_prob"].sum(-1)
+    loss = RIPTClipPPOLoss(actor, ratio=ratio)
+    results = []
+    for data in (batch, _pad(batch, 7)):
+        actor.zero_grad()
+        out = loss(data)
+        out["loss_objective"].backward()
+        grads = torch.cat([p.grad.reshape(-1) for p in actor.parameters() if p.grad is not None])
+        results.append((out, grads))
+    (a, ga), (b, gb) = results
+    for key in ("loss_objective", "clip_fraction", "kl_approx", "mean_ratio", "ESS"):
+        torch.testing.assert_close(a[key], b[key])
+    torch.testing.assert_close(ga, gb)
+
+
+def test_installed_torchrl_is_in_the_tested_range():
+    # pyproject pins torchrl to the range whose ClipPPOLoss hooks the loss relies on
+    import importlib.metadata as md
+    import re
+
+    from packaging.requirements import Requirement
+
+    text = open(__file__.rsplit("/tests/", 1)[0] + "/pyproject.toml").read()
+    spec = next(Requirement(r) for r in re.findall(r'"(torchrl[<>=!~][^"]*)"', text))
+    assert spec.specifier.contains(md.version("torchrl")), (spec, md.version("torchrl"))
+    assert not spec.specifier.contains("0.14.0")

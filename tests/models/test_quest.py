@@ -138,3 +138,28 @@ def test_collector_rollout_resamples_every_step_and_scores_exactly():
     with torch.no_grad():
         recomputed = actor.get_dist(batch.clone()).log_prob(tokens)
     torch.testing.assert_close(recomputed, batch["action_log_prob"], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("order", ["before_wrap", "after_wrap"])
+def test_sampling_options_have_one_owner_whatever_the_call_order(order):
+    # set_sampling (pipeline) before or after the actor is built: the stored
+    # log-prob must be the one of the distribution that sampled the tokens
+    from torchrl_ript.trainers.pipeline import set_sampling, wrap_policy
+
+    torch.manual_seed(0)
+    net = QuestPolicy(quest_config("tiny", encoder=dict(state_dim=8)))
+    for p in net.parameters():  # spread the logits so top-k differs from the full softmax
+        torch.nn.init.normal_(p, std=0.5)
+    if order == "before_wrap":
+        set_sampling(net, top_k=3, temperature=0.7)
+    bundle = wrap_policy(net)
+    if order == "after_wrap":
+        set_sampling(net, top_k=3, temperature=0.7)
+    obs = make_obs(6)
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        out = bundle.actor(obs.clone())
+        scored = bundle.actor.get_dist(out).log_prob(out["action_tokens"])
+    assert bundle.actor[-1].distribution_kwargs["top_k"] == 3
+    torch.testing.assert_close(out["action_log_prob"], scored)
+    # every sampled token is inside the current top-3 (finite log-prob)
+    assert torch.isfinite(scored).all()

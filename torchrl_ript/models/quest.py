@@ -30,6 +30,7 @@ Learning Continuous Control", NeurIPS 2024; own implementation):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -415,19 +416,56 @@ class QuestActor(ProbabilisticActor):
         return super().forward(tensordict, *args, **kwargs)
 
 
+class _LiveSampling(Mapping):
+    """``{"temperature", "top_k"}`` read from a QueST config at every access.
+
+    The actor's ``distribution_kwargs``: the network samples with its config's
+    values and the scored ``TokenCategorical`` reads the very same fields, so
+    changing them (e.g. ``set_sampling``) at any time changes both at once.
+    """
+
+    _FIELDS = ("temperature", "top_k")
+
+    def __init__(self, config: QuestConfig) -> None:
+        self._config = config
+
+    def __getitem__(self, key: str):
+        if key not in self._FIELDS:
+            raise KeyError(key)
+        return getattr(self._config, key)
+
+    def __iter__(self):
+        return iter(self._FIELDS)
+
+    def __len__(self) -> int:
+        return len(self._FIELDS)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
 def make_quest_actor(policy: QuestPolicy, *, log_prob_key: NestedKey = "action_log_prob") -> QuestActor:
     """The RIPT token actor around a :class:`QuestPolicy` network.
 
-    Temperature / top-k come from ``policy.config`` so that the network's
-    autoregressive sampling and the scored ``TokenCategorical`` agree.
+    Temperature / top-k have one owner, ``policy.config``: the network's
+    autoregressive sampling and the scored ``TokenCategorical`` both read it
+    when they run, so they agree whenever the options are changed.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> policy = QuestPolicy(quest_config("tiny"))
+        >>> actor = make_quest_actor(policy)
+        >>> policy.config.top_k = 5  # after the actor was built
+        >>> actor[-1].distribution_kwargs["top_k"]  # the scored distribution's option
+        5
     """
-    c = policy.config
     return QuestActor(
         policy,
         in_keys={"logits": policy.logits_key},
         out_keys=[policy.tokens_key],
         distribution_class=TokenCategorical,
-        distribution_kwargs={"temperature": c.temperature, "top_k": c.top_k},
+        distribution_kwargs=_LiveSampling(policy.config),
         return_log_prob=True,
         log_prob_key=log_prob_key,
     )

@@ -1,4 +1,4 @@
-"""RIPT's PPO objective: TorchRL's ClipPPOLoss on trajectory log-probs (Eq. 8)."""
+"""RIPT's PPO objective: TorchRL's ClipPPOLoss on trajectory log-probs (Eq. 8) or per decision."""
 from __future__ import annotations
 
 import contextlib
@@ -17,32 +17,42 @@ _RATIOS = ("trajectory", "step")
 
 
 class RIPTClipPPOLoss(ClipPPOLoss):
-    """Critic-free clipped PPO over whole trajectories, as RIPT-VLA uses it.
+    """Critic-free clipped PPO on grouped RIPT trajectories (TorchRL's ``ClipPPOLoss``).
 
     TorchRL's :class:`~torchrl.objectives.ClipPPOLoss` scores one action per
     row. A RIPT row is a whole trajectory (see
     :class:`~torchrl_ript.collectors.GroupCollector`): its decisions sit in a
-    padded ``("steps", ...)`` sub-tensordict ``[N, T]`` with a mask. This
-    subclass only changes how the current log-prob is computed: it runs the
-    actor once on the *valid* decisions of the batch (flattened, padding
-    skipped) and sums them per trajectory,
-    ``log pi(a|c) = sum_t log pi(a_t|...)`` (Eq. 8). Everything else, the
-    ratio, clipping, advantage contract and logging, is ``ClipPPOLoss``.
+    padded ``("steps", ...)`` sub-tensordict ``[N, T]`` with a mask. Two
+    ratios are offered, both computed by ``ClipPPOLoss.forward`` itself:
+
+    - ``ratio="trajectory"`` (Eq. 8, the paper's): one ratio per trajectory,
+      ``log pi(a|c) = sum_t log pi(a_t|...)``. Only the log-prob hook
+      (``_get_cur_log_prob``, the extension point ``ClipPPOLoss`` documents)
+      is replaced: it runs the actor once on the *valid* decisions of the
+      minibatch (padding skipped) and sums them per trajectory.
+    - ``ratio="step"``: one ratio per decision. The minibatch is flattened to
+      its valid decisions (``[M]`` rows, each with its trajectory's
+      advantage) before ``ClipPPOLoss.forward`` runs, so the objective and
+      every statistic it logs (``clip_fraction``, ``kl_approx``, ``ESS``,
+      ``mean_ratio``, ``max_ratio``) are means over real decisions: padding
+      never enters.
 
     The advantage contract is ``ClipPPOLoss``'s: one value per trajectory,
     shaped ``[N, 1]`` (what :class:`~torchrl_ript.transforms.RLOOAdvantage`
     writes); a flat ``[N]`` advantage raises.
+
+    Top-k sampling: a stored token that has left the current top-k has
+    probability 0, so its ratio is 0 and it carries no gradient (exact for
+    that distribution). ``kl_approx`` is then reported as the mean over the
+    other ratios (it would be ``inf``) and ``support_exit_fraction`` counts
+    those ratios.
 
     Args:
         actor_network: the ``ProbabilisticActor`` whose distribution is scored.
 
     Keyword Args:
         clip_epsilon (float): PPO clip. Defaults to ``0.2`` (QueST; OFT uses 0.1).
-        ratio (str): ``"trajectory"`` (default): one ratio per trajectory from
-            the summed log-probs. ``"step"``: one ratio per decision, each
-            weighted by its trajectory's advantage; padded decisions have a
-            ratio of exactly 1 and carry no gradient (the loss is averaged over
-            all ``N * T`` slots).
+        ratio (str): ``"trajectory"`` (default) or ``"step"`` (see above).
         **kwargs: any other ``ClipPPOLoss`` option (e.g. ``normalize_advantage``).
             ``critic_network`` must stay ``None`` and ``entropy_bonus`` ``False``.
 
@@ -61,13 +71,17 @@ class RIPTClipPPOLoss(ClipPPOLoss):
         ...                    mask=torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]]).bool(),
         ...                    batch_size=[2, 4])
         >>> with torch.no_grad():
-        ...     old = actor.get_dist(steps).log_prob(steps["action"]) * steps["mask"]
-        >>> batch = TensorDict(steps=steps, action_log_prob=old.sum(-1),
+        ...     steps["action_log_prob"] = actor.get_dist(steps).log_prob(steps["action"]) * steps["mask"]
+        >>> batch = TensorDict(steps=steps, action_log_prob=steps["action_log_prob"].sum(-1),
         ...                    advantage=torch.tensor([[1.0], [-1.0]]), batch_size=[2])
-        >>> loss = RIPTClipPPOLoss(actor)
-        >>> out = loss(batch)
+        >>> out = RIPTClipPPOLoss(actor)(batch)
         >>> out["loss_objective"].requires_grad, float(out["mean_ratio"])
         (True, 1.0)
+        >>> # per-decision ratios: statistics over the 5 real decisions only
+        >>> batch["steps", "action_log_prob"] -= 1.0  # every real decision's ratio is e
+        >>> out = RIPTClipPPOLoss(actor, ratio="step")(batch)
+        >>> float(out["clip_fraction"]), round(float(out["mean_ratio"]), 4)
+        (1.0, 2.7183)
     """
 
     @dataclass
@@ -115,45 +129,69 @@ class RIPTClipPPOLoss(ClipPPOLoss):
             **kwargs,
         )
         self.ratio = ratio
-        self._support_exits = torch.zeros(())
+        self._last_log_prob: torch.Tensor | None = None
         self.set_keys(action="action", sample_log_prob="action_log_prob")
-        if ratio == "step":
-            self.set_keys(sample_log_prob=(self.tensor_keys.steps, "action_log_prob"))
-
-    def _log_weight(self, tensordict: TensorDictBase, adv_shape):
-        log_weight, dist, kl_approx, log_is_weight = super()._log_weight(tensordict, adv_shape)
-        # Top-k sampling: a stored token that has left the current top-k scores -inf, so
-        # its ratio is 0 and it carries no gradient (exact for that distribution). Keep
-        # the logged KL finite (the mean over the others) and count those separately.
-        exited = torch.isinf(kl_approx)
-        self._support_exits = exited.to(kl_approx.dtype).mean().detach()
-        if exited.any():
-            finite = kl_approx[~exited]
-            fill = finite.mean() if finite.numel() else kl_approx.new_zeros(())
-            kl_approx = torch.where(exited, fill, kl_approx)
-        return log_weight, dist, kl_approx, log_is_weight
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """``ClipPPOLoss.forward``, plus ``support_exit_fraction``: the share of
-        ratios whose sampled action now has probability 0 (top-k sampling)."""
-        out = super().forward(tensordict)
-        out.set("support_exit_fraction", self._support_exits)
+        """``ClipPPOLoss.forward`` on trajectories (``ratio="trajectory"``) or on the
+        minibatch's valid decisions (``ratio="step"``); adds ``support_exit_fraction``."""
+        data = self._decisions(tensordict) if self.ratio == "step" else tensordict
+        self._last_log_prob = None
+        out = super().forward(data)
+        current = self._last_log_prob
+        if current is not None:
+            stored = data.get(self.tensor_keys.sample_log_prob).reshape(current.shape)
+            exited = torch.isneginf(current)
+            kl = stored - current
+            finite = kl[~exited]
+            out.set("kl_approx", finite.mean() if finite.numel() else kl.new_zeros(()))
+            out.set("support_exit_fraction", exited.to(kl.dtype).mean())
         return out
 
-    def _get_cur_log_prob(self, tensordict: TensorDictBase, params=None):
+    def _decisions(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """The valid decisions ``[M]`` of trajectory rows, each with its row's advantage."""
         keys = self.tensor_keys
-        steps = tensordict.get(keys.steps, None)
+        steps = self._steps(tensordict)
+        mask = steps.get(keys.mask).to(torch.bool)
+        rows = mask.nonzero(as_tuple=True)[0]
+        flat = steps[mask]
+        advantage = tensordict.get(keys.advantage, None)
+        if advantage is not None:
+            if advantage.shape != (tensordict.shape[0], 1):
+                raise ValueError(
+                    f"{keys.advantage!r} must have a trailing dim of 1 ([N, 1], one value per "
+                    f"trajectory), got shape {tuple(advantage.shape)}."
+                )
+            flat.set(keys.advantage, advantage[rows])
+        self._set_instructions(tensordict, flat, rows)
+        return flat
+
+    def _steps(self, tensordict: TensorDictBase) -> TensorDictBase:
+        steps = tensordict.get(self.tensor_keys.steps, None)
         if steps is None:
             raise KeyError(
-                f"no {keys.steps!r} sub-tensordict: RIPTClipPPOLoss expects "
+                f"no {self.tensor_keys.steps!r} sub-tensordict: RIPTClipPPOLoss expects "
                 "trajectory rows from GroupCollector (set_keys(steps=...) otherwise)."
             )
+        return steps
+
+    def _set_instructions(self, tensordict, flat, rows) -> None:
+        key = self.tensor_keys.instruction
+        if key in tensordict.keys(include_nested=True):
+            texts = instruction_strings(tensordict, key, tensordict.shape[0])
+            flat.set(key, NonTensorStack(*[texts[r] for r in rows.tolist()]))
+
+    def _get_cur_log_prob(self, tensordict: TensorDictBase, params=None):
+        if self.ratio == "step":  # already flat decisions: ClipPPOLoss's own scoring
+            log_prob, dist, composite = super()._get_cur_log_prob(tensordict, params)
+            self._last_log_prob = log_prob.detach()
+            return log_prob, dist, composite
+        keys = self.tensor_keys
+        steps = self._steps(tensordict)
         mask = steps.get(keys.mask).to(torch.bool)
-        rows, cols = mask.nonzero(as_tuple=True)
+        rows = mask.nonzero(as_tuple=True)[0]
         flat = steps[mask]
-        if keys.instruction in tensordict.keys(include_nested=True):
-            texts = instruction_strings(tensordict, keys.instruction, tensordict.shape[0])
-            flat.set(keys.instruction, NonTensorStack(*[texts[r] for r in rows.tolist()]))
+        self._set_instructions(tensordict, flat, rows)
         if params is None:
             params = self.actor_network_params
         with (
@@ -166,13 +204,9 @@ class RIPTClipPPOLoss(ClipPPOLoss):
         if action.requires_grad:
             raise RuntimeError(f"tensordict stored {keys.action} requires grad.")
         step_log_prob = dist.log_prob(action)
-        if self.ratio == "trajectory":
-            log_prob = step_log_prob.new_zeros(mask.shape[0]).index_add(0, rows, step_log_prob)
-        else:
-            log_prob = step_log_prob.new_zeros(mask.shape)
-            log_prob = log_prob.index_put((rows, cols), step_log_prob)
+        log_prob = step_log_prob.new_zeros(mask.shape[0]).index_add(0, rows, step_log_prob)
+        self._last_log_prob = log_prob.detach()
         return log_prob, dist, False
-
 
 def __getattr__(name: str):
     # deprecated alias: the loss also does per-decision ratios (ratio="step")

@@ -52,7 +52,32 @@ class RIPTTrainer:
         progress (bool): tqdm bar. Defaults to True.
 
     Examples:
-        >>> # see tests/trainers/test_ript_learning.py and README's tour
+        >>> import torch
+        >>> from torchrl.envs import SerialEnv
+        >>> from torchrl_ript import ContextDataset, ContextToyVLAEnv, GroupCollector, RIPTClipPPOLoss
+        >>> from torchrl_ript.modules.toy_policies import toy_laplace_actor
+        >>> from torchrl_ript.trainers import RIPTTrainer, evaluate_success, make_optimizer
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> contexts = ContextDataset(torch.rand(40, 2) - 0.5, [0] * 40, ["track"], seed=0)
+        >>> train, held_out = contexts.split(8, seed=0)
+        >>> make_env = lambda: ContextToyVLAEnv(action_dim=2, max_steps=4, success_tol=0.15)
+        >>> actor, _ = toy_laplace_actor()
+        >>> collector = GroupCollector(SerialEnv(4, make_env), actor, context_dataset=train,
+        ...                            group_size=4, trajs_per_batch=8, max_frames_per_traj=4, seed=0)
+        >>> eval_env = SerialEnv(4, make_env)
+        >>> trainer = RIPTTrainer(
+        ...     collector=collector, loss=RIPTClipPPOLoss(actor), optimizer=make_optimizer(actor, lr=1e-2),
+        ...     num_steps=2, ppo_epochs=2, minibatch_size=4, progress=False, seed=0,
+        ...     evaluate=lambda: evaluate_success(eval_env, actor, held_out, horizon=4, progress=False))
+        >>> history = trainer.train()
+        >>> [r["step"] for r in history], [r["train/batch"] for r in history]  # B=8 informative rollouts
+        ([1, 2], [8, 8])
+        >>> trainer.env_steps == sum(r["collect/env_steps"] for r in history)
+        True
+        >>> len(trainer.eval_history)  # before training, then after each step
+        3
+        >>> collector.shutdown(); eval_env.close()
     """
 
     def __init__(
