@@ -142,7 +142,8 @@ def main(cfg: DictConfig) -> None:
         files_fn=lambda: read_libero_demo_files(paths, max_demos=cfg.demos.max_per_task),
         sft_options=sft_options(cfg.sft, seed=cfg.ript.seed),
         save_to=out / "sft_policy.pt",
-        sampling=OmegaConf.to_container(cfg.policy.sampling),
+        # top-k/temperature are token-policy options; continuous heads sample their Laplace
+        sampling=OmegaConf.to_container(cfg.policy.sampling) if cfg.policy.kind == "quest" else None,
         progress=cfg.progress,
     )
     config = ript_config(OmegaConf.to_container(cfg.ript, resolve=True), bundle, max_env_steps=max_steps)
