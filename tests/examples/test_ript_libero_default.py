@@ -1,7 +1,7 @@
 """``examples/ript_libero.py`` with no arguments: its config, and a tiny version of it end to end.
 
 The tiny run is the default pipeline with small numbers: scripted-expert demos
-(1 per task, 32 px) -> QueST tiny SFT -> evaluation -> one RIPT iteration ->
+(1 per task, 32 px) -> tiny Laplace regression SFT -> evaluation -> one RIPT iteration ->
 evaluation, on the real simulator (about a minute on 2 busy cores).
 """
 from __future__ import annotations
@@ -36,9 +36,8 @@ def test_default_config_is_the_cpu_scripted_recipe():
     assert cfg.demos.dir is None and not cfg.demos.random and cfg.demos.per_task >= 1
     assert cfg.demos.per_task + cfg.eval.per_task <= 50
     assert cfg.env.camera_size <= 64 and cfg.policy.image_size == cfg.env.camera_size
-    # the MetaWorld recipe: QueST, top-5 sampling, per-decision ratio at 3e-6, K=8, both eval modes
-    assert cfg.policy.kind == "quest" and cfg.policy.sampling.top_k == 5
-    assert cfg.ript.ratio == "step" and cfg.ript.lr == 3e-6 and cfg.ript.group_size == 8
+    # a Laplace regression policy, per-decision ratios, K=8, both eval modes (sampling = headline)
+    assert cfg.policy.kind == "regression" and cfg.ript.ratio == "step" and cfg.ript.group_size == 8
     assert list(cfg.eval.exploration) == ["random", "deterministic"]
     from torchrl_ript.config import RIPTConfig, validate_ript_config
 
@@ -72,9 +71,9 @@ def test_unknown_override_fails():
 def test_tiny_default_pipeline_end_to_end(tmp_path):
     run = subprocess.run(
         [sys.executable, str(SCRIPT), f"hydra.run.dir={tmp_path}", "progress=false",
-         # the default pipeline, small: 1 expert demo per task, tiny QueST, 1 RIPT iteration
+         # the default pipeline, small: 1 expert demo per task, tiny regression policy, 1 RIPT iteration
          "task_ids=[0]", "demos.per_task=1", "env.camera_size=32", "env.max_steps=16", "env.num_envs=1",
-         "policy.preset=tiny", "sft.steps=5", "sft.autoencoder_steps=5", "sft.batch_size=8",
+         "policy.preset=tiny", "sft.steps=5", "sft.scale_steps=5", "sft.batch_size=8",
          "eval.per_task=1", "eval.videos=1", "ript.group_size=2", "ript.batch_size=2", "ript.num_steps=1",
          "ript.ppo_epochs=1", "ript.minibatch_size=2", "ript.max_context_draws=1",
          "ript.dynamic_sampling=false"],  # keep the uniform group: the PPO step runs
@@ -92,7 +91,7 @@ def test_tiny_default_pipeline_end_to_end(tmp_path):
     assert demos.demos[0]["reward"][-1].item() == 1.0
     assert "recording 1 scripted-expert demos" in run.stdout
     # SFT -> evaluation -> one RIPT iteration with an update -> evaluation
-    assert result["policy"] == "quest" and result["sft_s"] > 0 and result["n_eval"] == 1
+    assert result["policy"] == "regression" and result["sft_s"] > 0 and result["n_eval"] == 1
     assert result["iterations"] == 1 and result["iterations_without_update"] == 0
     history = json.loads((tmp_path / "checkpoints" / "history.json").read_text())["train"]
     assert len(history) == 1 and history[0]["train/batch"] == 2
