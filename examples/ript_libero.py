@@ -79,7 +79,9 @@ def demo_files(cfg, out: Path, task_ids, num_inits: int, needed: bool) -> list[P
     for task_id in task_ids:
         paths.append(record_libero_demos(
             cfg.suite, task_id, cfg.demos.per_task, out=out / "demos", starts=starts, noise=cfg.demos.noise,
-            seed=cfg.demos.seed, camera_size=cfg.env.camera_size, max_steps=cfg.env.max_steps,
+            # the expert gets at least the suite's official time (env.max_steps may be shorter)
+            seed=cfg.demos.seed, camera_size=cfg.env.camera_size,
+            max_steps=max(LIBERO_MAX_STEPS[cfg.suite], cfg.env.max_steps or 0),
             progress=cfg.progress,
         ))
     return paths
