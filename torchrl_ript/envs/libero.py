@@ -337,6 +337,7 @@ class LiberoContextEnv(LiberoEnv):
                 state = self._select_init_state()  # base class: benchmark init states
             if state is not None:
                 env.set_init_state(state)
+            self._clear_solver_warmstart()
             start = env.get_sim_state().copy()
             for _ in range(self.settle_steps):
                 self._act(self._dummy_action)
@@ -360,6 +361,13 @@ class LiberoContextEnv(LiberoEnv):
             self._env.reset()
         finally:
             np.random.set_state(rng_state)
+
+    def _clear_solver_warmstart(self) -> None:
+        # The flattened state is [time, qpos, qvel]; MuJoCo's constraint solver also
+        # warm-starts from the previous step's accelerations (qacc_warmstart), which
+        # a soft reset leaves from the last episode: the first steps then differ in
+        # the last bits, so float64 states would not replay bitwise. Start cold.
+        self._env.env.sim.data.qacc_warmstart[:] = 0.0
 
     def _reset_gripper_state(self) -> None:
         # robosuite's grippers smooth commands through `current_action`, set
@@ -486,6 +494,7 @@ class LiberoContextEnv(LiberoEnv):
         self._placement_reset()
         self._reset_gripper_state()
         self._env.set_init_state(state)
+        self._clear_solver_warmstart()
         for _ in range(self.settle_steps):
             self._act(self._dummy_action)
         self._elapsed = 0
@@ -500,7 +509,11 @@ class LiberoContextEnv(LiberoEnv):
             raise RuntimeError("step_physics needs fast_step=True.")
         self._act(np.asarray(action, dtype=np.float64).reshape(self._action_dim))
         self._elapsed += 1
-        return bool(self._env.check_success())
+        success = bool(self._env.check_success())
+        # step() computes the derived quantities of the final state before rendering
+        # (_observe); doing the same keeps this path bitwise equal to step()'s
+        self._env.env.sim.forward()
+        return success
 
     @property
     def robosuite_env(self):
