@@ -123,3 +123,24 @@ def test_uncovered_task_raises_clear_error():
             LiberoScriptedExpert(env)
     finally:
         env.close()
+
+
+def test_fresh_starts_seeded_new_and_fixture_checked(env):
+    from torchrl_ript.envs.libero import LiberoContextEnv
+    from torchrl_ript.envs.libero_contexts import libero_contexts, sample_libero_starts
+    from torchrl_ript.envs.libero_demos import run_expert_episode
+
+    a, b = sample_libero_starts(SUITE, TASK, 2, seed=0, env=env)
+    again = sample_libero_starts(SUITE, TASK, 1, seed=0, env=env)[0]
+    np.testing.assert_array_equal(a, again)  # seeded
+    assert not np.array_equal(a, b)
+    inits = libero_contexts(SUITE, task_ids=[TASK]).states[:, : a.size].numpy()
+    assert np.abs(inits - a).max(1).min() > 1e-3  # not one of the benchmark's init states
+    assert run_expert_episode(env, a).success  # a valid scene
+    # a scene with fixtures: a fresh draw would move them, which a context cannot hold
+    spatial = LiberoContextEnv("libero_spatial", 0, camera_size=32, wrist_camera=False)
+    try:
+        with pytest.raises(ValueError, match="move the fixtures"):
+            spatial.sample_start(5)
+    finally:
+        spatial.close()

@@ -515,6 +515,45 @@ class LiberoContextEnv(LiberoEnv):
         self._env.env.sim.forward()
         return success
 
+    def sample_start(self, seed: int) -> np.ndarray:
+        """A fresh start drawn by LIBERO's own placement sampler, the distribution
+        the benchmark's init states were drawn from; the unpadded flattened state.
+
+        Only for scenes whose fixtures stay where ``placement_seed`` puts them
+        (a context holds the objects' poses, not the fixtures'): every
+        ``libero_object`` task (no fixtures). Other scenes raise ``ValueError``.
+        The env is left as after a reset to ``placement_seed``'s fixtures.
+
+        Examples:
+            >>> env = LiberoContextEnv("libero_object", 0, camera_size=32)  # doctest: +SKIP
+            >>> env.sample_start(0).shape  # doctest: +SKIP
+            (110,)
+        """
+        robosuite_env = self._env.env
+        fixtures = [robosuite_env.sim.model.body_name2id(robosuite_env.get_object(name).root_body)
+                    for name in robosuite_env.fixtures_dict]
+        self._placement_reset()
+        reference = [(robosuite_env.sim.model.body_pos[b].copy(), robosuite_env.sim.model.body_quat[b].copy())
+                     for b in fixtures]
+        rng_state = np.random.get_state()
+        np.random.seed(int(seed))
+        try:
+            self._env.reset()  # LIBERO's placement sampler, from numpy's global RNG
+            state = self._env.get_sim_state().copy()
+            moved = [name for name, b, (pos, quat) in zip(robosuite_env.fixtures_dict, fixtures, reference)
+                     if not (np.array_equal(robosuite_env.sim.model.body_pos[b], pos)
+                             and np.array_equal(robosuite_env.sim.model.body_quat[b], quat))]
+        finally:
+            np.random.set_state(rng_state)
+            self._placement_reset()  # fixtures back where contexts expect them
+        if moved:
+            raise ValueError(
+                f"{self.task_suite} task {self.task_id}: fresh starts also move the fixtures {moved}, "
+                "which a context (the flattened state) does not hold; use the benchmark init "
+                "states (libero_contexts(source='init_files')) for this scene."
+            )
+        return state
+
     @property
     def robosuite_env(self):
         """The underlying LIBERO (robosuite) environment: privileged simulator access."""

@@ -37,13 +37,16 @@ which checks that a demo replays bitwise from its stored context.
 
 Starts are the benchmark's init states (50 per task): ``--starts`` picks which
 (default: from the last one backwards, so the first ones stay held out for
-evaluation). Optional Gaussian action noise (``--noise``, in action units);
+evaluation); or, in fixture-free scenes (``libero_object``), fresh draws of
+LIBERO's placement sampler (``--fresh-seed``), which leave all 50 init states
+for evaluation. Optional Gaussian action noise (``--noise``, in action units);
 only successful episodes are kept.
 
 Usage::
 
     python -m torchrl_ript.envs.libero_demos --suite libero_object --tasks 0 1 --n 10 --out demos/
-    python -m torchrl_ript.envs.libero_demos --suite libero_spatial --tasks 0 --n 20 --measure
+    python -m torchrl_ript.envs.libero_demos --suite libero_object --tasks 0 1 2 --n 5 --fresh-seed 0 --out demos/
+    python -m torchrl_ript.envs.libero_demos --suite libero_spatial --tasks 0 --measure --starts 0 1 2
 """
 from __future__ import annotations
 
@@ -562,6 +565,7 @@ def record_libero_demos(
     seed: int = 0,
     camera_size: int = 128,
     max_steps: int | None = None,
+    fresh_seed: int | None = None,
     progress: bool = True,
     env=None,
 ) -> Path:
@@ -582,6 +586,10 @@ def record_libero_demos(
         camera_size: image size of both cameras (LIBERO's datasets: 128).
         max_steps: time limit in actions (default: the suite's
             :data:`~torchrl_ript.envs.libero.LIBERO_MAX_STEPS`).
+        fresh_seed: start from fresh placements instead of init states
+            (:func:`~torchrl_ript.envs.libero_contexts.sample_libero_starts` with
+            this seed; ``starts`` then index those; fixture-free scenes only), so
+            all 50 init states stay free for evaluation.
         progress: tqdm progress bar.
         env: a :class:`~torchrl_ript.envs.libero.LiberoContextEnv` of this
             task without ``action_chunk``, to reuse (built if ``None``).
@@ -616,9 +624,16 @@ def record_libero_demos(
     if not 0 <= int(task_id) < len(tasks):
         raise ValueError(f"task id {task_id} out of range for {suite} ({len(tasks)} tasks).")
     task = tasks[int(task_id)]
-    contexts = libero_contexts(suite, task_ids=[int(task_id)])
+    if fresh_seed is None:
+        contexts = libero_contexts(suite, task_ids=[int(task_id)])
+    else:  # as many fresh starts as the starts asked for (default: 3 n + 10)
+        count = (max(int(s) for s in starts) + 1) if starts is not None else 3 * n + 10
+        contexts = libero_contexts(suite, task_ids=[int(task_id)], source="sampled",
+                                   num_per_task=count, sample_seed=int(fresh_seed))
     rows = contexts.task_contexts(int(task_id))
-    starts = default_demo_starts(len(rows)) if starts is None else [int(s) for s in starts]
+    if starts is None:
+        starts = default_demo_starts(len(rows)) if fresh_seed is None else list(range(len(rows)))
+    starts = [int(s) for s in starts]
     for s in starts:
         if not 0 <= s < len(rows):
             raise ValueError(f"start {s} out of range: {suite} task {task_id} has {len(rows)} init states.")
@@ -649,6 +664,7 @@ def record_libero_demos(
         "expert": "torchrl_ript.envs.libero_demos.LiberoScriptedExpert",
         "noise": float(noise),
         "seed": int(seed),
+        "starts": "init_files" if fresh_seed is None else f"sampled (seed {int(fresh_seed)})",
         "image_convention": "opengl (rotate 180 degrees for the env's upright images)",
     }
     bar = tqdm(total=n, desc=f"{suite}[{task_id}]", unit="demo", disable=not progress)
@@ -667,7 +683,8 @@ def record_libero_demos(
                     continue
                 writer.add_demo(**_render_replay(env, episode, int(task_id)),
                                 extras={"expert_actions": episode.expert_actions.astype(np.float64)},
-                                attrs={"init_state_index": start, "regrasps": expert.attempts})
+                                attrs={"init_state_index" if fresh_seed is None else "fresh_start_index": start,
+                                       "regrasps": expert.attempts})
                 bar.update(1)
             kept = writer.num_demos
     finally:
@@ -797,6 +814,9 @@ def main(argv: Sequence[str] | None = None) -> list:
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise")
     parser.add_argument("--camera-size", type=int, default=128)
     parser.add_argument("--max-steps", type=int, default=None, help="time limit (default: the suite's)")
+    parser.add_argument("--fresh-seed", type=int, default=None,
+                        help="start from fresh placements with this seed instead of init states "
+                        "(fixture-free scenes: libero_object), keeping all 50 init states for evaluation")
     parser.add_argument("--measure", action="store_true",
                         help="no files: run the expert (physics only) from every start and print "
                         "its success rate and speed per task as JSON lines")
@@ -813,7 +833,7 @@ def main(argv: Sequence[str] | None = None) -> list:
     for task_id in task_ids:
         paths.append(record_libero_demos(
             args.suite, task_id, args.n, out=args.out, starts=args.starts, noise=args.noise,
-            seed=args.seed, camera_size=args.camera_size, max_steps=args.max_steps,
+            seed=args.seed, camera_size=args.camera_size, max_steps=args.max_steps, fresh_seed=args.fresh_seed,
         ))
         print(f"wrote {paths[-1]}", flush=True)
     return paths
