@@ -40,7 +40,7 @@ def test_smoke_result_line(smoke_run):
     last = run.stdout.strip().splitlines()[-1]
     result = json.loads(last)
     assert result == json.loads((out / "result.json").read_text())
-    for key in ("tasks", "sr_sft", "sr_before", "sr_ript", "iterations", "env_steps", "wall_s"):
+    for key in ("tasks", "sr_sft", "sr_before", "sr_ript", "n_eval", "p_value", "iterations", "env_steps", "wall_s"):
         assert key in result, key
     assert result["tasks"] == ["pick_up_the_black_bowl_between_the_plate_and_the_ramekin_and_place_it_on_the_plate"]
     assert result["iterations"] == 2
@@ -53,6 +53,48 @@ def test_smoke_result_line(smoke_run):
     assert "RANDOM rollouts" in log
     assert "dynamic sampling found no informative group" in log
     assert "made no update" in log
+
+
+@pytest.mark.timeout(700)
+def test_smoke_numbers_agree_with_history_and_logs(smoke_run):
+    """What a wrong implementation would break: totals, per-mode outcomes, the paired test."""
+    out, run = smoke_run
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    cfg = result["config"]
+    history = json.loads((out / "checkpoints" / "history.json").read_text())["train"]
+    K = cfg["ript"]["group_size"]
+    # JSON totals = the sums over the trainer's history = the TorchRL CSV log
+    assert len(history) == result["iterations"]
+    assert result["env_steps"] == sum(r["collect/env_steps"] for r in history)
+    for key in ("groups_completed", "groups_kept", "groups_all_success", "groups_all_failure"):
+        assert result[key] == sum(r[f"collect/{key}"] for r in history), key
+    csv = (out / "logs" / "ript_libero" / "scalars" / "env_steps_total.csv").read_text().split()
+    assert float(csv[-1].split(",")[1]) == result["env_steps"]
+    # each iteration's collection stats add up (dynamic sampling on: uniform groups rejected)
+    for r in history:
+        assert r["collect/groups_completed"] == (
+            r["collect/groups_kept"] + r["collect/groups_all_success"] + r["collect/groups_all_failure"])
+        assert r["collect/rollouts_kept"] == K * r["collect/groups_kept"] == r["train/batch"]
+        assert r["collect/rollouts_finished"] >= K * r["collect/groups_completed"]
+        assert r["collect/successes"] <= r["collect/rollouts_finished"]
+        assert r["collect/contexts_drawn"] <= cfg["ript"]["max_context_draws"]
+        # every finished rollout here fails, so each runs to the time limit
+        assert r["collect/env_steps"] == r["collect/rollouts_finished"] * cfg["env"]["max_steps"]
+    # evaluation: n_eval contexts per mode, SR = mean of the per-context outcomes, headline = first mode
+    from torchrl_ript.trainers.stats import paired_success_test
+
+    assert result["n_eval"] == cfg["eval"]["per_task"] * len(result["task_ids"])
+    for tag in ("before", "ript"):
+        by_mode = result[f"sr_{tag}_by_mode"]
+        assert list(by_mode) == result["eval_modes"]
+        for scores in by_mode.values():
+            assert scores["n"] == len(scores["outcomes"]) == result["n_eval"]
+            assert scores["sr"] == sum(scores["outcomes"]) / scores["n"]
+        assert result[f"sr_{tag}"] == by_mode[result["eval_modes"][0]]["sr"]
+    headline = result["eval_modes"][0]
+    test = paired_success_test(result["sr_before_by_mode"][headline]["outcomes"],
+                               result["sr_ript_by_mode"][headline]["outcomes"])
+    assert result["p_value"] == test["p_value"] == result["paired_by_mode"][headline]["p_value"]
 
 
 @pytest.mark.timeout(700)

@@ -337,6 +337,7 @@ class LiberoContextEnv(LiberoEnv):
                 state = self._select_init_state()  # base class: benchmark init states
             if state is not None:
                 env.set_init_state(state)
+            self._clear_solver_warmstart()
             start = env.get_sim_state().copy()
             for _ in range(self.settle_steps):
                 self._act(self._dummy_action)
@@ -360,6 +361,13 @@ class LiberoContextEnv(LiberoEnv):
             self._env.reset()
         finally:
             np.random.set_state(rng_state)
+
+    def _clear_solver_warmstart(self) -> None:
+        # The flattened state is [time, qpos, qvel]; MuJoCo's constraint solver also
+        # warm-starts from the previous step's accelerations (qacc_warmstart), which
+        # a soft reset leaves from the last episode: the first steps then differ in
+        # the last bits, so float64 states would not replay bitwise. Start cold.
+        self._env.env.sim.data.qacc_warmstart[:] = 0.0
 
     def _reset_gripper_state(self) -> None:
         # robosuite's grippers smooth commands through `current_action`, set
@@ -471,6 +479,85 @@ class LiberoContextEnv(LiberoEnv):
     def reset_to_state(self, state) -> TensorDictBase:
         """Reset to ``state`` (flattened MuJoCo state, padded or not); returns the first observation."""
         return self._reset_from(np.asarray(state, dtype=np.float64).reshape(-1)[: self._true_state_dim])
+
+    # -- physics without rendering (scripted experts, planning) ---------------
+    def reset_physics(self, state) -> None:
+        """Reset to ``state`` exactly as a context reset does, without rendering.
+
+        The simulator then holds the state a context reset would give (settle
+        steps included), so actions found here replay bitwise through
+        :meth:`reset` / :meth:`step`. Needs ``fast_step=True``.
+        """
+        if not self.fast_step:
+            raise RuntimeError("reset_physics needs fast_step=True (native steps render at every action).")
+        state = np.asarray(state, dtype=np.float64).reshape(-1)[: self._true_state_dim]
+        self._placement_reset()
+        self._reset_gripper_state()
+        self._env.set_init_state(state)
+        self._clear_solver_warmstart()
+        for _ in range(self.settle_steps):
+            self._act(self._dummy_action)
+        self._elapsed = 0
+
+    def step_physics(self, action) -> bool:
+        """Execute one low-level ``[7]`` action without rendering; returns success.
+
+        The same physics and controller calls as :meth:`step` (which also
+        renders the cameras); the time limit is not enforced here.
+        """
+        if not self.fast_step:
+            raise RuntimeError("step_physics needs fast_step=True.")
+        self._act(np.asarray(action, dtype=np.float64).reshape(self._action_dim))
+        self._elapsed += 1
+        success = bool(self._env.check_success())
+        # step() computes the derived quantities of the final state before rendering
+        # (_observe); doing the same keeps this path bitwise equal to step()'s
+        self._env.env.sim.forward()
+        return success
+
+    def sample_start(self, seed: int) -> np.ndarray:
+        """A fresh start drawn by LIBERO's own placement sampler, the distribution
+        the benchmark's init states were drawn from; the unpadded flattened state.
+
+        Only for scenes whose fixtures stay where ``placement_seed`` puts them
+        (a context holds the objects' poses, not the fixtures'): every
+        ``libero_object`` task (no fixtures). Other scenes raise ``ValueError``.
+        The env is left as after a reset to ``placement_seed``'s fixtures.
+
+        Examples:
+            >>> env = LiberoContextEnv("libero_object", 0, camera_size=32)  # doctest: +SKIP
+            >>> env.sample_start(0).shape  # doctest: +SKIP
+            (110,)
+        """
+        robosuite_env = self._env.env
+        fixtures = [robosuite_env.sim.model.body_name2id(robosuite_env.get_object(name).root_body)
+                    for name in robosuite_env.fixtures_dict]
+        self._placement_reset()
+        reference = [(robosuite_env.sim.model.body_pos[b].copy(), robosuite_env.sim.model.body_quat[b].copy())
+                     for b in fixtures]
+        rng_state = np.random.get_state()
+        np.random.seed(int(seed))
+        try:
+            self._env.reset()  # LIBERO's placement sampler, from numpy's global RNG
+            state = self._env.get_sim_state().copy()
+            moved = [name for name, b, (pos, quat) in zip(robosuite_env.fixtures_dict, fixtures, reference)
+                     if not (np.array_equal(robosuite_env.sim.model.body_pos[b], pos)
+                             and np.array_equal(robosuite_env.sim.model.body_quat[b], quat))]
+        finally:
+            np.random.set_state(rng_state)
+            self._placement_reset()  # fixtures back where contexts expect them
+        if moved:
+            raise ValueError(
+                f"{self.task_suite} task {self.task_id}: fresh starts also move the fixtures {moved}, "
+                "which a context (the flattened state) does not hold; use the benchmark init "
+                "states (libero_contexts(source='init_files')) for this scene."
+            )
+        return state
+
+    @property
+    def robosuite_env(self):
+        """The underlying LIBERO (robosuite) environment: privileged simulator access."""
+        return self._env.env
 
     @property
     def true_state_dim(self) -> int:

@@ -19,9 +19,9 @@ import torch
 
 from torchrl_ript.data.context import ContextDataset
 
-__all__ = ["libero_contexts", "libero_suite_tasks", "write_libero_rollout_demos"]
+__all__ = ["libero_contexts", "libero_suite_tasks", "sample_libero_starts", "write_libero_rollout_demos"]
 
-_SOURCES = ("init_files", "demos")
+_SOURCES = ("init_files", "demos", "sampled")
 
 
 def libero_suite_tasks(suite: str) -> list:
@@ -45,6 +45,8 @@ def libero_contexts(
     source: str = "init_files",
     demo_paths: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     context_state_dim: int | None = None,
+    num_per_task: int = 50,
+    sample_seed: int = 0,
     **dataset_kwargs,
 ) -> ContextDataset:
     """Contexts of a LIBERO suite as a :class:`~torchrl_ript.data.ContextDataset`.
@@ -58,7 +60,12 @@ def libero_contexts(
         source: ``"init_files"``: the benchmark's fixed init states (50 per
             task, the evaluation protocol); ``"demos"``: the first state of
             every demonstration in ``demo_paths`` (what the official RIPT code
-            uses for training contexts).
+            uses for training contexts); ``"sampled"``: ``num_per_task`` fresh
+            starts per task drawn by LIBERO's own placement sampler (the
+            distribution of the init states, but new ones: e.g. for demos when
+            all 50 init states are held out), seeded by ``sample_seed``; only
+            for fixture-free scenes (``libero_object``), see
+            :meth:`~torchrl_ript.envs.libero.LiberoContextEnv.sample_start`.
         demo_paths: LIBERO HDF5 files (``data/demo_i/states``), needed with
             ``source="demos"``. The task of each file is found from its
             ``problem_info`` language instruction, else its file name
@@ -86,6 +93,8 @@ def libero_contexts(
             raise ValueError(f"task id {task_id} out of range for {suite} ({len(tasks)} tasks).")
     if source == "init_files":
         rows = {task_id: _init_states(tasks[task_id]) for task_id in keep}
+    elif source == "sampled":
+        rows = {task_id: sample_libero_starts(suite, task_id, num_per_task, seed=sample_seed) for task_id in keep}
     else:
         if demo_paths is None:
             raise ValueError(
@@ -110,6 +119,26 @@ def libero_contexts(
         [str(task.language) for task in tasks],
         **dataset_kwargs,
     )
+
+
+def sample_libero_starts(suite: str, task_id: int, n: int, *, seed: int = 0, env=None) -> list[np.ndarray]:
+    """``n`` fresh starts of one task (unpadded flattened states), seeded: start ``i``
+    is LIBERO's placement draw with numpy seed ``1_000_003 * seed + 7_919 * task_id + i + 1``
+    (never the envs' placement seed 0).
+
+    See :meth:`~torchrl_ript.envs.libero.LiberoContextEnv.sample_start`: only
+    fixture-free scenes (``libero_object``).
+    """
+    from torchrl_ript.envs.libero import LiberoContextEnv
+
+    own = env is None
+    if own:
+        env = LiberoContextEnv(suite, int(task_id), camera_size=32, wrist_camera=False)
+    try:
+        return [env.sample_start(1_000_003 * int(seed) + 7_919 * int(task_id) + i + 1) for i in range(int(n))]
+    finally:
+        if own:
+            env.close()
 
 
 def _init_states(task) -> np.ndarray:

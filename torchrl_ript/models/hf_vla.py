@@ -39,7 +39,7 @@ from torchrl.modules import MLP
 from torchrl_ript.models.common import IMAGE_KEY, INSTRUCTION_KEY, call_flat, count_parameters, instruction_strings
 from torchrl_ript.modules.scale_head import ScaleHead
 
-__all__ = ["HFVLAConfig", "HFVLAPolicy", "ByteTokenizer", "make_hf_tokenizer"]
+__all__ = ["HFVLAConfig", "HFVLAPolicy", "ByteTokenizer", "make_hf_tokenizer", "save_tiny_llava"]
 
 _LANGUAGE_LINEAR = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
@@ -49,7 +49,9 @@ class HFVLAConfig:
     """Settings of :class:`HFVLAPolicy`.
 
     Attributes:
-        image_token_id: id of the image placeholder token of the backbone.
+        image_token_id: id of the image placeholder token of the backbone;
+            ``None`` reads ``image_token_id`` (or ``image_token_index``) from
+            the backbone's config.
         num_image_tokens: placeholders per image (LLaVA: number of patches);
             ``None`` reads ``(image_size // patch_size) ** 2`` from the
             backbone's vision config.
@@ -62,7 +64,7 @@ class HFVLAConfig:
 
     action_dim: int = 7
     chunk_size: int = 8
-    image_token_id: int = 0
+    image_token_id: int | None = None
     num_image_tokens: int | None = None
     action_slot_id: int = 0
     pad_token_id: int = 0
@@ -79,6 +81,7 @@ class HFVLAConfig:
     init_scale: float = 0.1
     loss: str = "l1"
     backbone_dtype: str = "auto"  # "auto": bfloat16 on CUDA, float32 on CPU
+    pretrained: str | None = None  # local folder of the backbone (set by from_pretrained; checkpoints reload from it)
 
     @property
     def distribution(self) -> str:
@@ -145,6 +148,13 @@ class HFVLAPolicy(TensorDictModuleBase):
 
         self.config = config
         self.tokenizer = tokenizer
+        if config.image_token_id is None:
+            backbone_config = getattr(backbone, "config", None)
+            token = getattr(backbone_config, "image_token_id", None)
+            token = getattr(backbone_config, "image_token_index", None) if token is None else token
+            if token is None:
+                raise ValueError("set HFVLAConfig.image_token_id: the backbone's config has no image_token_id.")
+            config.image_token_id = int(token)
         vision = getattr(getattr(backbone, "config", None), "vision_config", None)
         if config.image_size is None:
             config.image_size = getattr(vision, "image_size", 224)
@@ -193,10 +203,16 @@ class HFVLAPolicy(TensorDictModuleBase):
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         model_class = model_class or getattr(transformers, "AutoModelForImageTextToText", None) or transformers.AutoModelForVision2Seq
+        if not os.path.isdir(path):
+            raise FileNotFoundError(
+                f"{path} is not a folder: give the local folder of a transformers checkpoint "
+                "(config.json, weights, tokenizer files); model hubs are not used."
+            )
         backbone = model_class.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
         tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
         if config.pad_token_id == 0 and tok.pad_token_id is not None:
             config.pad_token_id = tok.pad_token_id
+        config.pretrained = str(os.path.abspath(path))
         policy = cls(backbone, make_hf_tokenizer(tok), config, **kwargs)
         policy.hf_tokenizer = tok
         return policy
@@ -258,6 +274,22 @@ class HFVLAPolicy(TensorDictModuleBase):
         tensordict.set(self.out_keys[0], self.action_head(feats))
         tensordict.set(self.out_keys[1], self.scale_head(feats))
 
+    # the RegressionPolicy interface of the SFT code (torchrl_ript.trainers.sft)
+    def features(self, tensordict: TensorDictBase) -> torch.Tensor:
+        """Slot features of a ``[B]`` batch (see :meth:`slot_features`)."""
+        return self.slot_features(tensordict)
+
+    def mean(self, features: torch.Tensor) -> torch.Tensor:
+        """The action head: ``[B, chunk, A]`` chunk means (``"loc"``)."""
+        return self.action_head(features)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``policy`` (LoRA + action head: trained by L1) and ``scale_head`` (by NLL)."""
+        return {
+            "policy": self.lora_parameters() + list(self.action_head.parameters()),
+            "scale_head": list(self.scale_head.parameters()),
+        }
+
     # -- optimisation ---------------------------------------------------------
     def lora_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.backbone.named_parameters() if "lora_" in n and p.requires_grad]
@@ -298,3 +330,62 @@ def _hidden_size(backbone: nn.Module) -> int:
         if c is not None and getattr(c, "hidden_size", None):
             return int(c.hidden_size)
     raise ValueError("cannot read the backbone's hidden size from its config.")
+
+
+def save_tiny_llava(path: str | os.PathLike, *, image_size: int = 32, hidden: int = 32, layers: int = 2, seed: int = 0) -> str:
+    """Save a tiny *randomly initialised* LLaVA (CLIP vision + Llama text) and a
+    byte-level tokenizer to ``path``: a local checkpoint for smoke tests and CI.
+
+    It has the layout of a real one (``config.json``, safetensors weights,
+    tokenizer files), so ``HFVLAPolicy.from_pretrained(path, ...)`` and
+    ``policy.kind=hf policy.pretrained=path`` load it like an OpenVLA-style
+    checkpoint; nothing is downloaded. Its actions are meaningless until trained.
+
+    Returns:
+        ``path`` as a string.
+
+    Examples:
+        >>> import tempfile
+        >>> from torchrl_ript.models.hf_vla import HFVLAConfig, HFVLAPolicy, save_tiny_llava
+        >>> folder = save_tiny_llava(tempfile.mkdtemp())
+        >>> policy = HFVLAPolicy.from_pretrained(folder, HFVLAConfig(lora_rank=4, head_hidden=16, scale_hidden=16))
+        >>> policy.config.num_image_tokens, policy.num_parameters()["lora"] > 0
+        (16, True)
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        PreTrainedTokenizerFast,
+    )
+
+    # byte-level BPE without merges: one token per byte (ids 0-255), then the specials
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "<act>"]
+    for name in specials:
+        vocab[name] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        additional_special_tokens=["<image>", "<act>"],
+    )
+    vision = CLIPVisionConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+                              num_attention_heads=2, image_size=image_size, patch_size=image_size // 4,
+                              projection_dim=hidden)
+    text = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                       num_attention_heads=2, num_key_value_heads=2, vocab_size=len(vocab),
+                       max_position_embeddings=256, pad_token_id=vocab["<pad>"],
+                       bos_token_id=vocab["<s>"], eos_token_id=vocab["</s>"])
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(
+        LlavaConfig(vision_config=vision, text_config=text, image_token_id=vocab["<image>"])
+    )
+    os.makedirs(path, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

@@ -58,7 +58,7 @@ __all__ = [
     "print_result_line",
 ]
 
-POLICY_KINDS = ("quest", "regression")
+POLICY_KINDS = ("quest", "regression", "hf")
 # sampling options: not architecture, so they may change on a trained checkpoint
 SAMPLING_FIELDS = {QuestPolicy: ("temperature", "top_k"), RegressionPolicy: ()}
 
@@ -68,8 +68,10 @@ class PolicyBundle:
     """A network with the two modules RIPT needs from it.
 
     Attributes:
-        kind: ``"quest"`` (token actor) or ``"regression"`` (Laplace/Gaussian).
-        network: the :class:`QuestPolicy` / :class:`RegressionPolicy`.
+        kind: ``"quest"`` (token actor), ``"regression"`` (Laplace/Gaussian) or
+            ``"hf"`` (a Hugging Face VLA with LoRA, Laplace head).
+        network: the :class:`QuestPolicy` / :class:`RegressionPolicy` /
+            :class:`~torchrl_ript.models.hf_vla.HFVLAPolicy`.
         actor: the ``ProbabilisticActor`` the PPO loss scores.
         policy: what rollouts run (QueST: actor then token decoder).
         sampled_key: the entry the loss scores (``"action_tokens"`` / ``"action"``).
@@ -98,10 +100,19 @@ def build_policy(
     image_size: int,
     overrides: dict | None = None,
     encoder_overrides: dict | None = None,
+    pretrained: str | None = None,
 ) -> PolicyBundle:
-    """A fresh (untrained) policy of ``kind`` at ``preset`` size."""
+    """A fresh (untrained) policy of ``kind`` at ``preset`` size.
+
+    ``kind="hf"`` loads a Hugging Face VLA from the *local* folder
+    ``pretrained`` and adds LoRA and fresh action/scale heads
+    (:class:`~torchrl_ript.models.hf_vla.HFVLAConfig` fields in ``overrides``;
+    ``preset`` and the encoder settings do not apply: the backbone has its own).
+    """
     if kind not in POLICY_KINDS:
         raise ValueError(f"policy kind must be one of {POLICY_KINDS}, got {kind!r}.")
+    if kind == "hf":
+        return _build_hf(pretrained, action_dim=action_dim, image_key=tuple(image_keys)[0], overrides=overrides)
     encoder = dict(encoder_overrides or {})
     encoder.update(image_keys=tuple(image_keys), image_size=image_size, state_dim=state_dim)
     make_config = quest_config if kind == "quest" else regression_config
@@ -120,7 +131,34 @@ def wrap_policy(network: nn.Module) -> PolicyBundle:
     if isinstance(network, RegressionPolicy):
         actor = make_regression_actor(network)
         return PolicyBundle("regression", network, actor, actor, "action", network.config.chunk_size)
-    raise TypeError(f"cannot wrap {type(network).__name__}: use a QuestPolicy or RegressionPolicy.")
+    if _is_hf(network):
+        actor = make_regression_actor(network)
+        return PolicyBundle("hf", network, actor, actor, "action", network.config.chunk_size)
+    raise TypeError(f"cannot wrap {type(network).__name__}: use a QuestPolicy, RegressionPolicy or HFVLAPolicy.")
+
+
+def _is_hf(network: nn.Module) -> bool:
+    # transformers/peft are optional: do not import hf_vla unless it is in use
+    cls = type(network)
+    return cls.__name__ == "HFVLAPolicy" and cls.__module__ == "torchrl_ript.models.hf_vla"
+
+
+def _build_hf(pretrained, *, action_dim: int, image_key, overrides: dict | None) -> PolicyBundle:
+    if not pretrained:
+        raise ValueError(
+            "policy.kind=hf needs policy.pretrained=/local/folder of a transformers VLA checkpoint "
+            "(LLaVA-style: config.json, weights, tokenizer; e.g. an OpenVLA-OFT-style model). "
+            "No model hub is used. For a smoke run, save a tiny random one with "
+            "torchrl_ript.models.hf_vla.save_tiny_llava(folder)."
+        )
+    from torchrl_ript.models.hf_vla import HFVLAConfig, HFVLAPolicy
+
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(HFVLAConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown HFVLAConfig field(s) in policy.overrides: {unknown}.")
+    config = HFVLAConfig(action_dim=action_dim, **overrides)
+    return wrap_policy(HFVLAPolicy.from_pretrained(pretrained, config, image_key=image_key))
 
 
 def train_sft(
@@ -203,7 +241,7 @@ def set_sampling(network: nn.Module, **options) -> nn.Module:
         >>> net.config.top_k
         5
     """
-    allowed = SAMPLING_FIELDS.get(type(network))
+    allowed = () if _is_hf(network) else SAMPLING_FIELDS.get(type(network))
     if allowed is None:
         raise TypeError(f"no sampling options for {type(network).__name__}.")
     options = {k: v for k, v in options.items() if v is not None}
