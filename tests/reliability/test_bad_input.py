@@ -14,6 +14,8 @@ from torchrl.envs.custom.vla import ToyVLAEnv
 
 from torchrl_ript import ContextDataset, ContextToyVLAEnv, GroupCollector, read_demos
 from torchrl_ript.config import ConfigError, RIPTConfig, validate_ript_config
+from torchrl_ript.envs.libero_contexts import libero_contexts
+from torchrl_ript.envs.libero_factory import libero_env_fn
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "core"))
 from core_helpers import laplace_actor  # noqa: E402
@@ -146,3 +148,19 @@ def test_a_bad_input_leaves_no_half_written_trainer_state(tmp_path):
         trainer.train()
     c.shutdown()
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: libero_contexts("libero_nope", task_ids=[0], source="init_files"), "suite must be one of"),
+        (lambda: libero_contexts("libero_object", task_ids=[10], source="init_files"),
+         "out of range for libero_object"),
+        (lambda: libero_env_fn("libero_nope", [0]), "suite must be one of"),
+        (lambda: libero_env_fn("libero_object", [0, 12]), r"task ids \[12\] out of range for libero_object \(10 tasks"),
+    ],
+)
+def test_a_libero_suite_or_task_that_does_not_exist(build, match):
+    # before any env process starts, with a message that names the valid choices
+    with pytest.raises(ValueError, match=match):
+        build()

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from tensordict import TensorDictBase
+from tensordict import NonTensorData, NonTensorStack, TensorDictBase
 from tensordict.utils import NestedKey
 from torchrl.envs import AsyncEnvPool, EnvBase, ParallelEnv, SerialEnv
 
@@ -235,6 +235,9 @@ class RolloutEngine:
         self.times = EngineTimes()
         self.restart_log: list[str] = []
         self._check_contract()
+        # an env without a per-step (non-tensor) instruction lets a process pool use its
+        # shared-memory exchange; the engine then hands the policy the context's instruction
+        self._instruction_from_contexts = self.instruction_key not in set(self.env.observation_spec.keys(True, True))
         self._input_keys = self._policy_input_keys(list(extra_keys or []))
         n = self.num_slots
         self._slots: list[Rollout | None] = [None] * n
@@ -378,6 +381,9 @@ class RolloutEngine:
         slots = [i for ids, _ in self._ready for i in ids]
         rows = self._ready[0][1] if len(self._ready) == 1 else torch.cat([td for _, td in self._ready])
         self._ready = []
+        if self._instruction_from_contexts:
+            texts = [self.contexts.instruction(self._slots[i].task_id) for i in slots]
+            rows.set(self.instruction_key, NonTensorStack(*[NonTensorData(t) for t in texts]))
         t0 = time.perf_counter()
         out = self.policy(rows)
         t1 = time.perf_counter()

@@ -567,3 +567,14 @@ class LiberoContextEnv(LiberoEnv):
     def get_sim_state(self) -> np.ndarray:
         """The current flattened MuJoCo state ``[time, qpos, qvel]`` (unpadded)."""
         return self._env.get_sim_state().copy()
+
+    def robot_observation(self, name: str) -> np.ndarray:
+        """robosuite's current value of the observable ``name`` (e.g. ``"robot0_eef_pos"``).
+
+        What LIBERO's datasets store as proprioception (``ee_pos``,
+        ``joint_states``, ...); current after every ``reset``/``step``.
+        """
+        observables = self._env.env._observables  # robosuite keeps them private; read here only
+        if name not in observables:
+            raise KeyError(f"no robosuite observable {name!r}; available: {sorted(observables)}.")
+        return np.asarray(observables[name].obs, dtype=np.float64)

@@ -300,15 +300,14 @@ def write_libero_rollout_demos(
 
 
 def _record(steps: dict, td, env, quat2axisangle) -> None:
-    raw = env._env.env._observables  # robosuite observables, already force-updated
-    eef_pos = np.asarray(raw["robot0_eef_pos"].obs, dtype=np.float64)
-    eef_ori = np.asarray(quat2axisangle(np.asarray(raw["robot0_eef_quat"].obs)), dtype=np.float64)
+    eef_pos = env.robot_observation("robot0_eef_pos")
+    eef_ori = np.asarray(quat2axisangle(env.robot_observation("robot0_eef_quat")), dtype=np.float64)
     values = {
         # back to LIBERO's stored orientation (the env rotates by 180 degrees)
         "obs/agentview_rgb": td["observation", "image"].permute(1, 2, 0).numpy()[::-1, ::-1],
         "obs/eye_in_hand_rgb": td["observation", "wrist_image"].permute(1, 2, 0).numpy()[::-1, ::-1],
-        "obs/joint_states": np.asarray(raw["robot0_joint_pos"].obs, dtype=np.float64),
-        "obs/gripper_states": np.asarray(raw["robot0_gripper_qpos"].obs, dtype=np.float64),
+        "obs/joint_states": env.robot_observation("robot0_joint_pos"),
+        "obs/gripper_states": env.robot_observation("robot0_gripper_qpos"),
         "obs/ee_pos": eef_pos,
         "obs/ee_ori": eef_ori,
         "obs/ee_states": np.concatenate([eef_pos, eef_ori]),

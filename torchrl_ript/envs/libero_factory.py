@@ -184,9 +184,16 @@ def libero_env_fn(
         >>> libero_env_fn("libero_spatial", [0, 3]).func.__name__
         'LiberoMultiTaskEnv'
     """
+    from torchrl_ript.envs.libero_contexts import libero_suite_tasks
+
     task_ids = [int(t) for t in task_ids]
     if not task_ids:
         raise ValueError("task_ids is empty: give at least one task of the suite.")
+    # checked here, not in the worker processes that build the envs (their errors arrive late)
+    n_tasks = len(libero_suite_tasks(suite))
+    bad = [t for t in task_ids if not 0 <= t < n_tasks]
+    if bad:
+        raise ValueError(f"task ids {bad} out of range for {suite} ({n_tasks} tasks: 0-{n_tasks - 1}).")
     if len(task_ids) == 1:
         from torchrl_ript.envs.libero import LiberoContextEnv
 
