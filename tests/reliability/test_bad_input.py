@@ -164,3 +164,22 @@ def test_a_libero_suite_or_task_that_does_not_exist(build, match):
     # before any env process starts, with a message that names the valid choices
     with pytest.raises(ValueError, match=match):
         build()
+
+
+@pytest.mark.parametrize("finetune", [False, True])
+def test_demos_of_another_action_size_than_the_policy(tmp_path, finetune):
+    from torchrl_ript.data.demos import DemoWriter
+    from torchrl_ript.trainers.pipeline import build_policy, finetune_sft, train_sft
+
+    path = tmp_path / "reach_demo.hdf5"
+    with DemoWriter(path, task_name="reach", language_instruction="reach") as writer:
+        writer.add_demo({"rgb": np.zeros((6, 32, 32, 3), np.uint8), "eef": np.zeros((6, 4))},
+                        actions=np.zeros((6, 7), np.float32))  # LIBERO-sized actions
+    files = [read_demos(path, key_map={"rgb": ("observation", "image"), "eef": ("observation", "state")})]
+    bundle = build_policy("regression", preset="tiny", action_dim=4, state_dim=4,
+                          image_keys=(("observation", "image"),), image_size=32)
+    before = {k: v.clone() for k, v in bundle.network.state_dict().items()}
+    with pytest.raises(ValueError, match="7-dim actions but the policy outputs 4.*action_dim=7"):
+        (finetune_sft if finetune else train_sft)(bundle, files, steps=2, progress=False)
+    for key, value in bundle.network.state_dict().items():  # nothing trained
+        assert torch.equal(value, before[key]), key

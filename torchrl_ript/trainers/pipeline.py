@@ -175,8 +175,7 @@ def train_sft(
 ) -> dict[str, list[float]]:
     """Behaviour cloning: QueST autoencoder then prior; regression mean then scale."""
     network = bundle.network
-    chunk = network.config.chunk_size
-    data = sft.chunk_demo_files(files, chunk)
+    data = _demo_chunks(network, files)
     batches = sft.batch_iterator(data, batch_size, seed=seed)
     if bundle.kind == "quest":
         history = sft.train_quest(
@@ -190,6 +189,18 @@ def train_sft(
         )
     network.eval()
     return history
+
+
+def _demo_chunks(network: nn.Module, files: list[DemoFile]):
+    """The demos cut into the network's action chunks, after checking they fit it."""
+    data = sft.chunk_demo_files(files, network.config.chunk_size)
+    demo_dim, net_dim = data["action"].shape[-1], network.config.action_dim
+    if demo_dim != net_dim:
+        raise ValueError(
+            f"the demos hold {demo_dim}-dim actions but the policy outputs {net_dim}: record demos "
+            f"in this env's action space, or build the policy with action_dim={demo_dim}."
+        )
+    return data
 
 
 def finetune_sft(
@@ -214,7 +225,7 @@ def finetune_sft(
     ``autoencoder_steps`` (and other :func:`train_sft` keywords) are ignored.
     """
     network = bundle.network
-    data = sft.chunk_demo_files(files, network.config.chunk_size)
+    data = _demo_chunks(network, files)
     batches = sft.batch_iterator(data, batch_size, seed=seed)
     if bundle.kind == "quest":
         history = {"prior": sft.train_quest_prior(network, batches, steps=steps, lr=lr, progress=progress)}
@@ -233,7 +244,8 @@ def set_sampling(network: nn.Module, **options) -> nn.Module:
     These options are part of the distribution that rollouts sample from and
     that the loss scores, so they are safe to change on a trained checkpoint;
     :func:`save_policy` stores them with the weights. ``None`` values are
-    ignored. Call it before :func:`wrap_policy`.
+    ignored. It may be called before or after :func:`wrap_policy`: the actor
+    reads the live config on every call, so sampling and scoring agree.
 
     Examples:
         >>> from torchrl_ript.models.quest import QuestPolicy, quest_config
