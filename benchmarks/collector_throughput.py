@@ -39,11 +39,18 @@ Paths (``--slots`` env processes each unless said otherwise):
   ``transport="driver"`` (policy served from a thread of this process);
 - ``sequential``: the official RIPT loop: per context a ``ParallelEnv`` of K
   envs reset to it, one policy call per step until *all* K are done;
-- ``group``: :class:`~torchrl_ript.GroupCollector` on an
-  ``AsyncEnvPool(N)`` (the default engine: no barrier), no dynamic sampling
-  (fixed work per batch); ``group_lockstep``: ``lockstep=True``;
-  ``group_slots_x2`` / ``_x3``: more env slots than ``--slots``
-  (over-subscription, ``--oversubscribe``).
+- ``group``: :class:`~torchrl_ript.GroupCollector` on
+  ``make_batched_env`` (an ``AsyncEnvPool`` of N processes, the default
+  engine: no barrier), no dynamic sampling (fixed work per batch);
+  ``group_lockstep``: ``lockstep=True``; ``group_keep``:
+  ``keep_in_flight=True``; ``group_slots_x2_keep`` / ``_x3_keep``: more env
+  slots than ``--slots`` (over-subscription, ``--oversubscribe``).
+
+``--instruction dropped`` (default) runs every path on the env without its
+per-step string ``language_instruction`` (as ``make_batched_env`` does: the
+policy gets the instruction from the context), so process pools, ours and
+TorchRL's, exchange steps through shared memory; ``--instruction kept``
+measures the env as it is (queue exchange, pickled steps).
 
 Rates: ``decisions/s`` (policy decisions = env ``step`` calls, summed over
 envs; for GroupCollector only the decisions of the trajectories it
@@ -215,7 +222,18 @@ def n_params(policy) -> int:
 
 
 def env_fn(args):
-    """A picklable maker of the workload's env (the one GroupCollector and the stock paths use)."""
+    """A picklable maker of the workload's env (the one GroupCollector and the stock paths use).
+
+    ``--instruction dropped`` (default): without the per-step string
+    ``language_instruction`` output, as :func:`~torchrl_ript.trainers.factory.make_batched_env`
+    runs envs (the policy gets the instruction from the context), so process
+    pools exchange through shared memory; ``kept``: the env as it is.
+    """
+    maker = _env_maker(args)
+    return partial(_without_instruction, maker) if args.instruction == "dropped" else maker
+
+
+def _env_maker(args):
     if args.env == "libero":
         from torchrl_ript.envs.libero import LiberoContextEnv
 
@@ -457,10 +475,11 @@ def measure_collector(args, n: int, *, libero_env: bool = False) -> dict:
     policy = make_policy(args)
     _reset_peak_rss()
     env = _stock_env(args, n, libero_env)
-    # use_buffers=False: the default buffers cannot stack the env's non-tensor
-    # language_instruction
+    # the default (shared) buffers cannot stack a non-tensor language_instruction:
+    # use_buffers=False when the env keeps it, TorchRL's default otherwise
+    keeps_string = libero_env or args.instruction == "kept"
     collector = Collector(env, policy, frames_per_batch=n * args.horizon, total_frames=-1,
-                          use_buffers=False, auto_register_policy_transforms=False)
+                          use_buffers=False if keeps_string else None, auto_register_policy_transforms=False)
     it = iter(collector)
     next(it)  # warm-up: workers start, first resets
     load0, cpu = _load(), CpuMeter()
@@ -583,7 +602,7 @@ def measure_sequential(args) -> dict:
 
 
 def _without_instruction(maker):
-    """The env without its per-step non-tensor ``language_instruction`` (shm-exchange experiment)."""
+    """The env without its per-step non-tensor ``language_instruction``."""
     from torchrl.envs import ExcludeTransform, TransformedEnv
 
     return TransformedEnv(maker(), ExcludeTransform("language_instruction"))
@@ -593,10 +612,9 @@ def _without_instruction(maker):
 def measure_group(args, slots: int, *, name: str = "group", lockstep: bool = False, keep_in_flight: bool = False,
                   k: int | None = None, contexts_n: int | None = None, horizon: int | None = None,
                   measure_s: float | None = None, min_batches: int | None = None, profile: bool = False,
-                  drop_instruction: bool = False) -> dict:
-    from torchrl.envs import AsyncEnvPool
-
+                  ) -> dict:
     from torchrl_ript import GroupCollector
+    from torchrl_ript.trainers.factory import make_batched_env
 
     k = k or args.k
     contexts_n = contexts_n or args.contexts
@@ -606,8 +624,8 @@ def measure_group(args, slots: int, *, name: str = "group", lockstep: bool = Fal
     contexts = make_contexts(args, 64)
     _reset_peak_rss()
     rss_start = _vm("self", "VmRSS") / 2**20
-    maker = partial(_without_instruction, env_fn(args)) if drop_instruction else env_fn(args)
-    pool = AsyncEnvPool([maker] * slots, backend="multiprocessing", exchange="auto")
+    # the library's pool; env_fn already dropped (or kept) the instruction
+    pool = make_batched_env(env_fn(args), slots, instruction_key=None)
     collector = GroupCollector(
         pool, policy, context_dataset=contexts, group_size=k, trajs_per_batch=k * contexts_n,
         max_frames_per_traj=args.horizon, dynamic_sampling=False, keep_in_flight=keep_in_flight,
@@ -693,9 +711,9 @@ def parse(argv=None):
                    help="torch threads of the process running the policy (all paths)")
     p.add_argument("--driver", action="store_true", help="also AsyncBatchedCollector(transport='driver')")
     p.add_argument("--no-sequential", action="store_true", help="skip the sequential RIPT loop")
-    p.add_argument("--shm-experiment", action="store_true",
-                   help="also GroupCollector on envs without the per-step language_instruction output, "
-                        "so AsyncEnvPool uses its shared-memory exchange (an engine experiment, not a default)")
+    p.add_argument("--instruction", choices=["dropped", "kept"], default="dropped",
+                   help="every path's env without (default, as make_batched_env runs envs: shared-memory "
+                        "exchange) or with its per-step string language_instruction (queue exchange)")
     p.add_argument("--growth", action="store_true", help="sweep K, B, horizon and slots")
     p.add_argument("--in-flight", action="store_true", help="keep_in_flight off/on at K=8, B=32/64")
     p.add_argument("--in-flight-slots", type=int, nargs="*", default=None,
@@ -758,12 +776,6 @@ def run_paths(args, policy_params: int) -> tuple[dict, list[dict]]:
         # would drop up to (slots - 1) rollouts per batch: measured with it on
         name = f"group_slots_x{m}_keep"
         plan.append((name, lambda m=m, name=name: measure_group(args, m * n, name=name, keep_in_flight=True)))
-    if args.shm_experiment:
-        plan.append(("group_shm", lambda: measure_group(args, n, name="group_shm", drop_instruction=True)))
-        for m in args.oversubscribe:
-            name = f"group_shm_slots_x{m}_keep"
-            plan.append((name, lambda m=m, name=name: measure_group(args, m * n, name=name, keep_in_flight=True,
-                                                                    drop_instruction=True)))
     runs: dict[str, list[dict]] = {name: [] for name, _ in plan}
     runs["limit"] = []
     rounds = []
@@ -919,8 +931,7 @@ def compare(args, policy_params: int) -> tuple[dict, list[str]]:
     lines = [f"{'path':<22}{'slots':>6}{'dec/s':>10}{'  [rounds range]':>17}{'env st/s':>10}{'roll/s':>9}"
              f"{'/limit':>7}{'cpu ms/d':>9}   load"]
     for name in ["limit", *[p for p in STOCK_PATHS if p in paths], "sequential", "group", "group_lockstep",
-                 "group_keep", *[f"group_slots_x{m}_keep" for m in args.oversubscribe], "group_shm",
-                 *[f"group_shm_slots_x{m}_keep" for m in args.oversubscribe]]:
+                 "group_keep", *[f"group_slots_x{m}_keep" for m in args.oversubscribe]]:
         if name in paths:
             lines.append(_row(name, paths[name], lim))
     lines.append("  ".join(f"{k} {v:.2f}" for k, v in ratios.items() if isinstance(v, float))
@@ -953,6 +964,7 @@ def main(argv=None) -> dict:
         config=dict(env=args.env, task=task_name(args), image_size=args.image_size, cameras=args.cameras,
                     k=args.k, contexts=args.contexts, horizon=args.horizon, chunk=args.chunk, policy=args.policy,
                     policy_params=policy_params, slots=args.slots, oversubscribe=args.oversubscribe,
+                    instruction=args.instruction,
                     rounds=args.rounds, measure_s=args.measure_s, quick=args.quick,
                     torch_threads=torch.get_num_threads(), start_method=START_METHOD,
                     command=" ".join(["python", "benchmarks/collector_throughput.py", *(sys.argv[1:] if argv is None
