@@ -170,3 +170,10 @@ def test_process_pool_exchanges_through_shared_memory_and_the_policy_gets_each_c
     assert stored == expected and len(set(stored)) == 2, stored
     # the oracle reaches every target: the env and the engine agree on which context ran
     assert bool((batch["reward"].reshape(4, -1).sum(-1) == 1).all())
+    # a policy that does not read the instruction: it is still stored with each trajectory
+    c = GroupCollector(make_batched_env(partial(ContextToyVLAEnv, action_dim=2, task_names=["left", "right"]), 2),
+                       clipped_oracle(1.0), context_dataset=ctx, group_size=2, trajs_per_batch=4,
+                       max_frames_per_traj=4, seed=0, dynamic_sampling=False)
+    batch = next(iter(c))
+    c.shutdown()
+    assert list(batch["language_instruction"]) == [ctx.instruction(int(t)) for t in ctx.task_ids[batch["context_id"]]]

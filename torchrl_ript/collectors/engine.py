@@ -238,6 +238,8 @@ class RolloutEngine:
         # an env without a per-step (non-tensor) instruction lets a process pool use its
         # shared-memory exchange; the engine then hands the policy the context's instruction
         self._instruction_from_contexts = self.instruction_key not in set(self.env.observation_spec.keys(True, True))
+        in_keys = getattr(policy, "in_keys", None)
+        self._policy_reads_instruction = in_keys is None or self.instruction_key in list(in_keys)
         self._input_keys = self._policy_input_keys(list(extra_keys or []))
         n = self.num_slots
         self._slots: list[Rollout | None] = [None] * n
@@ -382,8 +384,13 @@ class RolloutEngine:
         rows = self._ready[0][1] if len(self._ready) == 1 else torch.cat([td for _, td in self._ready])
         self._ready = []
         if self._instruction_from_contexts:
-            texts = [self.contexts.instruction(self._slots[i].task_id) for i in slots]
-            rows.set(self.instruction_key, NonTensorStack(*[NonTensorData(t) for t in texts]))
+            if self._policy_reads_instruction:
+                texts = [self.contexts.instruction(self._slots[i].task_id) for i in slots]
+                rows.set(self.instruction_key, NonTensorStack(*[NonTensorData(t) for t in texts]))
+            else:  # only stored with each trajectory
+                for i in slots:
+                    if self._slots[i].decisions == 0:
+                        self._slots[i].instruction = self.contexts.instruction(self._slots[i].task_id)
         t0 = time.perf_counter()
         out = self.policy(rows)
         t1 = time.perf_counter()
