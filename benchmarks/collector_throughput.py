@@ -475,11 +475,11 @@ def measure_collector(args, n: int, *, libero_env: bool = False) -> dict:
     policy = make_policy(args)
     _reset_peak_rss()
     env = _stock_env(args, n, libero_env)
-    # the default (shared) buffers cannot stack a non-tensor language_instruction:
-    # use_buffers=False when the env keeps it, TorchRL's default otherwise
-    keeps_string = libero_env or args.instruction == "kept"
+    # use_buffers=False: TorchRL's default preallocated buffers fail to stack this
+    # workload's rollouts (a non-tensor language_instruction, or, without it, a
+    # TypeError in Collector.rollout's torch.stack on torchrl 0.14.1)
     collector = Collector(env, policy, frames_per_batch=n * args.horizon, total_frames=-1,
-                          use_buffers=False if keeps_string else None, auto_register_policy_transforms=False)
+                          use_buffers=False, auto_register_policy_transforms=False)
     it = iter(collector)
     next(it)  # warm-up: workers start, first resets
     load0, cpu = _load(), CpuMeter()
