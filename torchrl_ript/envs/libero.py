@@ -31,6 +31,7 @@ use ``horizon: 600`` for every suite instead: pass ``max_episode_steps=600``.
 from __future__ import annotations
 
 import contextlib
+import io
 
 import numpy as np
 import torch
@@ -242,14 +243,15 @@ class LiberoContextEnv(LiberoEnv):
 
     # -- build ----------------------------------------------------------------
     def _build_env(self, task_suite, task_id, camera_height, camera_width, env_kwargs):  # type: ignore[override]
-        env = super()._build_env(task_suite, task_id, camera_height, camera_width, env_kwargs)
-        from libero.libero import benchmark
+        from torchrl_ript.envs.libero_contexts import libero_suite_tasks
 
-        suite = benchmark.get_benchmark_dict()[task_suite]()
+        with contextlib.redirect_stdout(io.StringIO()):  # LIBERO prints its task order per benchmark
+            env = super()._build_env(task_suite, task_id, camera_height, camera_width, env_kwargs)
+        tasks = libero_suite_tasks(task_suite)
         # The contract's task_id indexes task_names: the whole suite, so ids
         # match libero_contexts(suite) datasets.
-        self.task_names = [suite.get_task(i).name for i in range(suite.n_tasks)]
-        self.task_instructions = [str(suite.get_task(i).language) for i in range(suite.n_tasks)]
+        self.task_names = [task.name for task in tasks]
+        self.task_instructions = [str(task.language) for task in tasks]
         robosuite_env = env.env
         self._true_state_dim = int(env.get_sim_state().shape[0])
         if self._true_state_dim > self.context_state_dim:

@@ -9,6 +9,8 @@ a few), so they match the ``task_id`` of the env built for that task.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -34,7 +36,8 @@ def libero_suite_tasks(suite: str) -> list:
     ensure_libero()
     from libero.libero import benchmark
 
-    bench = benchmark.get_benchmark_dict()[suite]()
+    with contextlib.redirect_stdout(io.StringIO()):  # LIBERO prints "[info] using task orders ..."
+        bench = benchmark.get_benchmark_dict()[suite]()
     return [bench.get_task(i) for i in range(bench.n_tasks)]
 
 
