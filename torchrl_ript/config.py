@@ -74,7 +74,11 @@ class RIPTConfig:
         dynamic_sampling: reject all-equal groups (Section 4.2).
         max_context_draws: contexts drawn per step at most (``None`` = 10 B/K).
         max_decisions: decision steps per rollout at most.
-        num_envs: parallel env workers.
+        num_envs: parallel env workers (env slots; more than the cores is an
+            option, measured faster with ``keep_in_flight``: ``benchmarks/README.md``).
+        keep_in_flight: rollouts still running when a batch is complete carry
+            into the next batch instead of being discarded.
+        max_staleness: carried rollouts at most this many policy versions old.
         eval_every: evaluate every this many steps.
         scheduler: ``"constant"`` or ``"cosine"``; ``warmup_steps`` before it.
         seed: global seed.
@@ -94,6 +98,8 @@ class RIPTConfig:
     max_context_draws: int | None = None
     max_decisions: int = 64
     num_envs: int = 2
+    keep_in_flight: bool = False
+    max_staleness: int = 1
     eval_every: int = 1
     scheduler: str = "constant"
     warmup_steps: int = 0
@@ -147,6 +153,8 @@ def validate_ript_config(config: RIPTConfig) -> RIPTConfig:
             raise ConfigError(f"{name} must be >= 1, got {value}.")
     if c.warmup_steps < 0:
         raise ConfigError(f"warmup_steps must be >= 0, got {c.warmup_steps}.")
+    if c.max_staleness < 0:
+        raise ConfigError(f"max_staleness must be >= 0, got {c.max_staleness}.")
     if c.lr <= 0:
         raise ConfigError(f"lr must be > 0, got {c.lr}.")
     if not 0 < c.clip_epsilon < 1:

@@ -20,6 +20,7 @@ from torchrl_ript.config import PAPER_PRESETS, ConfigError, RIPTConfig, validate
         (dict(max_context_draws=2), "max_context_draws"),
         (dict(minibatch_size=500), "minibatch_size"),
         (dict(max_grad_norm=0.0), "max_grad_norm"),
+        (dict(max_staleness=-1), "max_staleness must be >= 0"),
     ],
 )
 def test_bad_values_name_the_fix(values, match):
@@ -30,6 +31,24 @@ def test_bad_values_name_the_fix(values, match):
 def test_unknown_keys_are_rejected():
     with pytest.raises(ConfigError, match="unknown RIPT option"):
         RIPTConfig.from_mapping({"group_size": 8, "batch_size": 16, "epochs": 3})
+
+
+def test_keep_in_flight_reaches_the_collector():
+    import torch
+    from torchrl.envs import SerialEnv
+
+    from torchrl_ript import ContextDataset, ContextToyVLAEnv
+    from torchrl_ript.modules.toy_policies import toy_laplace_actor
+    from torchrl_ript.trainers.factory import make_ript_trainer
+
+    actor, _ = toy_laplace_actor()
+    config = RIPTConfig(group_size=2, batch_size=4, minibatch_size=2, max_decisions=4, keep_in_flight=True,
+                        max_staleness=2)
+    trainer = make_ript_trainer(config, env=SerialEnv(2, lambda: ContextToyVLAEnv(action_dim=2)), eval_env=None,
+                                actor=actor, train_contexts=ContextDataset(torch.zeros(4, 2), [0] * 4, ["track"]),
+                                progress=False)
+    assert trainer.collector.keep_in_flight and trainer.collector.max_staleness == 2
+    trainer.collector.shutdown()
 
 
 def test_paper_presets_are_valid():

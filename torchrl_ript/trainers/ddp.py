@@ -518,6 +518,8 @@ def make_collector(
             max_frames_per_traj=config.max_decisions,
             max_context_draws=draws,
             dynamic_sampling=config.dynamic_sampling,
+            keep_in_flight=config.keep_in_flight,
+            max_staleness=config.max_staleness,
             seed=seed,
             # under DDP, the rank is the worker index: own context stream, disjoint group ids
             worker_idx=rank if per_rank else None,

@@ -124,6 +124,8 @@ def make_ript_trainer(
             max_frames_per_traj=config.max_decisions,
             max_context_draws=config.max_context_draws,
             dynamic_sampling=config.dynamic_sampling,
+            keep_in_flight=config.keep_in_flight,
+            max_staleness=config.max_staleness,
             seed=config.seed,
         ).set_keys(sampled_action=sampled_action_key)
     loss = RIPTClipPPOLoss(actor, clip_epsilon=config.clip_epsilon, ratio=config.ratio)
