@@ -472,8 +472,7 @@ def make_collector(
         (torch.Size([8]), 8)
         >>> collector.shutdown()
     """
-    from torchrl_ript.collectors.group import GroupCollector
-    from torchrl_ript.trainers.factory import make_batched_env
+    from torchrl_ript.trainers.factory import make_batched_env, make_group_collector
 
     opts = dict(COLLECTOR_DEFAULTS)
     unknown = set(options or {}) - set(opts)
@@ -509,21 +508,12 @@ def make_collector(
         draws = config.max_context_draws
         if per_rank and draws is not None:
             draws = max(batch // K, draws // world)
-        collector = GroupCollector(
-            make_batched_env(env_fn, config.num_envs, parallel=parallel),
-            policy,
-            context_dataset=train_contexts,
-            group_size=K,
-            trajs_per_batch=batch,
-            max_frames_per_traj=config.max_decisions,
-            max_context_draws=draws,
-            dynamic_sampling=config.dynamic_sampling,
-            keep_in_flight=config.keep_in_flight,
-            max_staleness=config.max_staleness,
-            seed=seed,
+        collector = make_group_collector(
+            config, make_batched_env(env_fn, config.num_envs, parallel=parallel), policy, train_contexts,
+            sampled_action_key=sampled_action_key, trajs_per_batch=batch, max_context_draws=draws,
             # under DDP, the rank is the worker index: own context stream, disjoint group ids
             worker_idx=rank if per_rank else None,
-        ).set_keys(sampled_action=sampled_action_key)
+        )
     elif backend == "ray" and (per_rank or rank == 0):
         from torchrl_ript.collectors.distributed import RayGroupCollector
 

@@ -23,7 +23,7 @@ from torchrl_ript.trainers.evaluate import evaluate_success
 from torchrl_ript.trainers.optim import make_optimizer, make_scheduler
 from torchrl_ript.trainers.ript import RIPTTrainer
 
-__all__ = ["make_batched_env", "make_logger", "make_ript_trainer"]
+__all__ = ["make_batched_env", "make_group_collector", "make_logger", "make_ript_trainer"]
 
 
 def make_batched_env(
@@ -74,6 +74,38 @@ def _without_key(env_fn: Callable[[], EnvBase], key: str) -> EnvBase:
     return TransformedEnv(env, ExcludeTransform(key))
 
 
+def make_group_collector(
+    config: RIPTConfig,
+    env: EnvBase,
+    policy,
+    train_contexts: ContextDataset,
+    *,
+    sampled_action_key: str = "action",
+    trajs_per_batch: int | None = None,
+    max_context_draws: int | None = None,
+    worker_idx: int | None = None,
+) -> GroupCollector:
+    """The :class:`GroupCollector` a :class:`RIPTConfig` describes, over ``env``.
+
+    ``trajs_per_batch`` / ``max_context_draws`` default to the config's (a DDP
+    rank collects its share with its own ``worker_idx`` stream).
+    """
+    return GroupCollector(
+        env,
+        policy,
+        context_dataset=train_contexts,
+        group_size=config.group_size,
+        trajs_per_batch=config.batch_size if trajs_per_batch is None else trajs_per_batch,
+        max_frames_per_traj=config.max_decisions,
+        max_context_draws=config.max_context_draws if max_context_draws is None else max_context_draws,
+        dynamic_sampling=config.dynamic_sampling,
+        keep_in_flight=config.keep_in_flight,
+        max_staleness=config.max_staleness,
+        seed=config.seed,
+        worker_idx=worker_idx,
+    ).set_keys(sampled_action=sampled_action_key)
+
+
 def make_logger(kind: str, log_dir: str | Path, name: str, **kwargs) -> Logger | None:
     """A TorchRL logger: ``"csv"`` (default), ``"tensorboard"``, ``"wandb"`` or ``"none"``."""
     if kind in (None, "", "none"):
@@ -115,19 +147,7 @@ def make_ript_trainer(
     if collector is None:
         if env is None:
             raise ValueError("make_ript_trainer needs env= (or a ready collector=).")
-        collector = GroupCollector(
-            env,
-            policy,
-            context_dataset=train_contexts,
-            group_size=config.group_size,
-            trajs_per_batch=config.batch_size,
-            max_frames_per_traj=config.max_decisions,
-            max_context_draws=config.max_context_draws,
-            dynamic_sampling=config.dynamic_sampling,
-            keep_in_flight=config.keep_in_flight,
-            max_staleness=config.max_staleness,
-            seed=config.seed,
-        ).set_keys(sampled_action=sampled_action_key)
+        collector = make_group_collector(config, env, policy, train_contexts, sampled_action_key=sampled_action_key)
     loss = RIPTClipPPOLoss(actor, clip_epsilon=config.clip_epsilon, ratio=config.ratio)
     loss.set_keys(action=sampled_action_key)
     optimizer = make_optimizer(actor, lr=config.lr, param_lrs=config.param_lrs)

@@ -175,24 +175,20 @@ def train_sft(
 ) -> dict[str, list[float]]:
     """Behaviour cloning: QueST autoencoder then prior; regression mean then scale."""
     network = bundle.network
-    data = _demo_chunks(network, files)
-    batches = sft.batch_iterator(data, batch_size, seed=seed)
+    batches = _demo_batches(network, files, batch_size, seed)
     if bundle.kind == "quest":
         history = sft.train_quest(
             network, batches, ae_steps=autoencoder_steps or steps, prior_steps=steps, lr=lr,
             progress=progress,
         )
     else:
-        history = {"regression": sft.train_regression(network, batches, steps=steps, lr=lr, progress=progress)}
-        history["scale"] = sft.fit_regression_scale(
-            network, batches, steps=scale_steps, actor=bundle.actor, progress=progress
-        )
+        history = _fit_regression(bundle, batches, steps, lr, scale_steps, progress)
     network.eval()
     return history
 
 
-def _demo_chunks(network: nn.Module, files: list[DemoFile]):
-    """The demos cut into the network's action chunks, after checking they fit it."""
+def _demo_batches(network: nn.Module, files: list[DemoFile], batch_size: int, seed: int):
+    """Minibatches of the demos cut into the network's action chunks, after checking they fit it."""
     data = sft.chunk_demo_files(files, network.config.chunk_size)
     demo_dim, net_dim = data["action"].shape[-1], network.config.action_dim
     if demo_dim != net_dim:
@@ -200,7 +196,16 @@ def _demo_chunks(network: nn.Module, files: list[DemoFile]):
             f"the demos hold {demo_dim}-dim actions but the policy outputs {net_dim}: record demos "
             f"in this env's action space, or build the policy with action_dim={demo_dim}."
         )
-    return data
+    return sft.batch_iterator(data, batch_size, seed=seed)
+
+
+def _fit_regression(bundle: PolicyBundle, batches, steps: int, lr: float, scale_steps: int, progress: bool) -> dict:
+    """Regression policy: the mean head by L1, then the scale head by NLL."""
+    history = {"regression": sft.train_regression(bundle.network, batches, steps=steps, lr=lr, progress=progress)}
+    history["scale"] = sft.fit_regression_scale(
+        bundle.network, batches, steps=scale_steps, actor=bundle.actor, progress=progress
+    )
+    return history
 
 
 def finetune_sft(
@@ -225,15 +230,11 @@ def finetune_sft(
     ``autoencoder_steps`` (and other :func:`train_sft` keywords) are ignored.
     """
     network = bundle.network
-    data = _demo_chunks(network, files)
-    batches = sft.batch_iterator(data, batch_size, seed=seed)
+    batches = _demo_batches(network, files, batch_size, seed)
     if bundle.kind == "quest":
         history = {"prior": sft.train_quest_prior(network, batches, steps=steps, lr=lr, progress=progress)}
     else:
-        history = {"regression": sft.train_regression(network, batches, steps=steps, lr=lr, progress=progress)}
-        history["scale"] = sft.fit_regression_scale(
-            network, batches, steps=scale_steps, actor=bundle.actor, progress=progress
-        )
+        history = _fit_regression(bundle, batches, steps, lr, scale_steps, progress)
     network.eval()
     return history
 
