@@ -255,15 +255,7 @@ def write_libero_rollout_demos(
     ids = list(init_state_ids) if init_state_ids is not None else list(range(num_demos))
     generator = torch.Generator().manual_seed(seed)
     task = libero_suite_tasks(suite)[task_id]
-    env_args = {
-        "type": "libero",
-        "suite": suite,
-        "task_id": int(task_id),
-        "camera_size": int(env.observation_spec["observation", "image"].shape[-1]),
-        "placement_seed": env.placement_seed,
-        "settle_steps": env.settle_steps,
-        "image_convention": "opengl (rotate 180 degrees for the env's upright images)",
-    }
+    env_args = libero_demo_env_args(env, suite, task_id)
     try:
         with DemoWriter(
             path, task_name=task.name, language_instruction=str(task.language), env_args=env_args
@@ -300,6 +292,20 @@ def write_libero_rollout_demos(
         if own_env:
             env.close()
     return Path(path)
+
+
+def libero_demo_env_args(env, suite: str, task_id: int, **extra) -> dict:
+    """The ``env_args`` a LIBERO demo file stores: how to rebuild the env that wrote it (plus ``extra``)."""
+    return {
+        "type": "libero",
+        "suite": suite,
+        "task_id": int(task_id),
+        "camera_size": int(env.observation_spec["observation", "image"].shape[-1]),
+        "placement_seed": env.placement_seed,
+        "settle_steps": env.settle_steps,
+        **extra,
+        "image_convention": "opengl (rotate 180 degrees for the env's upright images)",
+    }
 
 
 def _record(steps: dict, td, env, quat2axisangle) -> None:

@@ -614,7 +614,7 @@ def record_libero_demos(
 
     from torchrl_ript.data.demos import DemoWriter
     from torchrl_ript.envs.libero import LiberoContextEnv
-    from torchrl_ript.envs.libero_contexts import libero_contexts, libero_suite_tasks
+    from torchrl_ript.envs.libero_contexts import libero_contexts, libero_demo_env_args, libero_suite_tasks
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}.")
@@ -653,20 +653,14 @@ def record_libero_demos(
     rng = np.random.default_rng([int(seed), int(task_id), 7])
     out = Path(out)
     path = out / f"{task.name}_demo.hdf5"
-    env_args = {
-        "type": "libero",
-        "suite": suite,
-        "task_id": int(task_id),
-        "camera_size": int(env.observation_spec["observation", "image"].shape[-1]),
-        "placement_seed": env.placement_seed,
-        "settle_steps": env.settle_steps,
-        "max_steps": int(env.max_episode_steps),
-        "expert": "torchrl_ript.envs.libero_demos.LiberoScriptedExpert",
-        "noise": float(noise),
-        "seed": int(seed),
-        "starts": "init_files" if fresh_seed is None else f"sampled (seed {int(fresh_seed)})",
-        "image_convention": "opengl (rotate 180 degrees for the env's upright images)",
-    }
+    env_args = libero_demo_env_args(
+        env, suite, task_id,
+        max_steps=int(env.max_episode_steps),
+        expert="torchrl_ript.envs.libero_demos.LiberoScriptedExpert",
+        noise=float(noise),
+        seed=int(seed),
+        starts="init_files" if fresh_seed is None else f"sampled (seed {int(fresh_seed)})",
+    )
     bar = tqdm(total=n, desc=f"{suite}[{task_id}]", unit="demo", disable=not progress)
     tried = 0
     try:
