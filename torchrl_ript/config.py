@@ -16,6 +16,16 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; the message says how to fix it."""
 
 
+def context_draw_limit(max_context_draws: int | None, batch_size: int, group_size: int) -> int:
+    """Contexts a step may draw at most: ``max_context_draws``, by default 10 B/K.
+
+    Examples:
+        >>> context_draw_limit(None, 32, 8), context_draw_limit(6, 32, 8)
+        (40, 6)
+    """
+    return int(max_context_draws) if max_context_draws is not None else 10 * int(batch_size) // int(group_size)
+
+
 def check_group_sizes(
     group_size: int,
     batch_size: int | None = None,

@@ -25,7 +25,7 @@ from torchrl.envs.utils import ExplorationType
 
 from torchrl_ript.collectors.group import GroupCollector
 from torchrl_ript.collectors.stats import CollectionStats
-from torchrl_ript.config import check_group_sizes
+from torchrl_ript.config import check_group_sizes, context_draw_limit
 from torchrl_ript.data.context import ContextDataset
 
 __all__ = [
@@ -325,9 +325,7 @@ class RayGroupCollector(BaseCollector):
         self.group_size = int(group_size)
         self.batch_trajs = int(trajs_per_batch)
         self.horizon = int(max_frames_per_traj)
-        self.max_context_draws = (
-            int(max_context_draws) if max_context_draws is not None else 10 * self.batch_trajs // self.group_size
-        )
+        self.max_context_draws = context_draw_limit(max_context_draws, self.batch_trajs, self.group_size)
         self.dynamic_sampling = bool(dynamic_sampling)
         self.num_workers = int(num_workers)
         self.groups_per_report = int(groups_per_report)

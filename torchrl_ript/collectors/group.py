@@ -17,7 +17,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl_ript.collectors.engine import EngineTimes, Rollout, RolloutEngine, as_env_pool
 from torchrl_ript.collectors.layout import StepRecorder, trajectory_row
 from torchrl_ript.collectors.stats import CollectionStats
-from torchrl_ript.config import check_group_sizes
+from torchrl_ript.config import check_group_sizes, context_draw_limit
 from torchrl_ript.data.context import ContextDataset
 from torchrl_ript.transforms import RLOOAdvantage, ZeroAdvantageFilter
 
@@ -254,9 +254,7 @@ class GroupCollector(Collector):
         self.group_size = int(group_size)
         self.batch_trajs = int(trajs_per_batch)
         self.horizon = int(max_frames_per_traj)
-        self.max_context_draws = (
-            int(max_context_draws) if max_context_draws is not None else 10 * self.batch_trajs // self.group_size
-        )
+        self.max_context_draws = context_draw_limit(max_context_draws, self.batch_trajs, self.group_size)
         self.dynamic_sampling = bool(dynamic_sampling)
         self.keep_in_flight = bool(keep_in_flight)
         self.max_staleness = int(max_staleness)
