@@ -75,16 +75,3 @@ __all__ = [
     "RLOOAdvantage",
     "ZeroAdvantageFilter",
 ]
-
-
-def __getattr__(name: str):
-    # deprecated aliases (they warn): IndependentNormal, TrajectoryClipPPOLoss
-    if name == "IndependentNormal":
-        from torchrl_ript.modules import distributions
-
-        return distributions.__getattr__(name)
-    if name == "TrajectoryClipPPOLoss":
-        from torchrl_ript.objectives import ppo
-
-        return ppo.__getattr__(name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,11 +22,3 @@ __all__ = [
     "chunk_nll",
     "fit_scale_head",
 ]
-
-
-def __getattr__(name: str):
-    if name == "IndependentNormal":  # deprecated alias, warns
-        from torchrl_ript.modules import distributions
-
-        return distributions.__getattr__(name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -151,19 +151,3 @@ class IndependentGaussian(_IndependentScaled):
     """
 
     base_class = D.Normal
-
-
-def __getattr__(name: str):
-    # deprecated alias: the old name shadowed torchrl.modules.IndependentNormal
-    if name == "IndependentNormal":
-        import warnings
-
-        warnings.warn(
-            "torchrl_ript.modules.IndependentNormal is deprecated (it shadowed "
-            "torchrl.modules.IndependentNormal, which has another signature): use "
-            "IndependentGaussian.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return IndependentGaussian
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

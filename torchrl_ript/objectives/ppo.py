@@ -207,17 +207,3 @@ class RIPTClipPPOLoss(ClipPPOLoss):
         log_prob = step_log_prob.new_zeros(mask.shape[0]).index_add(0, rows, step_log_prob)
         self._last_log_prob = log_prob.detach()
         return log_prob, dist, False
-
-def __getattr__(name: str):
-    # deprecated alias: the loss also does per-decision ratios (ratio="step")
-    if name == "TrajectoryClipPPOLoss":
-        import warnings
-
-        warnings.warn(
-            "TrajectoryClipPPOLoss is deprecated (it also computes per-decision "
-            "ratios): use RIPTClipPPOLoss.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return RIPTClipPPOLoss
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
