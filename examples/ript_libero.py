@@ -38,8 +38,8 @@ from torchrl_ript.envs.libero_factory import (  # noqa: E402
 )
 from torchrl_ript.models.checkpoint import save_policy  # noqa: E402
 from torchrl_ript.trainers import EXPLORATION_MODES, evaluate_modes, exploration_modes, save_video  # noqa: E402
-from torchrl_ript.trainers.ddp import init_distributed, make_collector  # noqa: E402
-from torchrl_ript.trainers.factory import make_batched_env, make_logger, make_ript_trainer  # noqa: E402
+from torchrl_ript.trainers.ddp import init_distributed  # noqa: E402
+from torchrl_ript.trainers.factory import make_batched_env, make_collector, make_logger, make_ript_trainer  # noqa: E402
 from torchrl_ript.trainers.pipeline import (  # noqa: E402
     load_or_train_policy,
     print_result_line,

@@ -34,10 +34,9 @@ from torchrl_ript.envs.metaworld import MetaWorldContextProjection, MetaWorldEnv
 from torchrl_ript.envs.metaworld_demos import ensure_metaworld_demos, metaworld_key_map  # noqa: E402
 from torchrl_ript.models.checkpoint import save_policy  # noqa: E402
 from torchrl_ript.trainers import EXPLORATION_MODES, evaluate_modes, exploration_modes, save_video  # noqa: E402
-from torchrl_ript.trainers.ddp import init_distributed, make_collector  # noqa: E402
-from torchrl_ript.trainers.factory import make_batched_env, make_logger, make_ript_trainer  # noqa: E402
+from torchrl_ript.trainers.ddp import init_distributed  # noqa: E402
+from torchrl_ript.trainers.factory import make_batched_env, make_collector, make_logger, make_ript_trainer  # noqa: E402
 from torchrl_ript.trainers.pipeline import (  # noqa: E402
-    attach_outcome_feed,
     collection_summary,
     context_sampler,
     load_or_pretrain,
@@ -181,8 +180,6 @@ def main(cfg: DictConfig) -> None:
             checkpoint_dir=out / "checkpoints", eval_exploration_type=EXPLORATION_MODES[modes[0]],
             progress=cfg.progress,
         )
-        if cfg.contexts.sampler == "adaptive":  # it learns from every rollout the collector finishes
-            attach_outcome_feed(trainer.collector)
         trainer.resume(out / "checkpoints" / "latest.pt")
         trainer.train()
         trainer.collector.shutdown()

@@ -15,8 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from torchrl_ript import ContextDataset, ContextToyVLAEnv
 from torchrl_ript.config import RIPTConfig
 from torchrl_ript.modules.toy_policies import toy_laplace_actor, toy_token_policy
-from torchrl_ript.trainers.ddp import init_distributed, make_collector
-from torchrl_ript.trainers.factory import make_batched_env, make_logger, make_ript_trainer
+from torchrl_ript.trainers.ddp import init_distributed
+from torchrl_ript.trainers.factory import make_batched_env, make_collector, make_logger, make_ript_trainer
 from torchrl_ript.trainers.plots import plot_success_rate
 
 

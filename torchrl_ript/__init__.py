@@ -33,7 +33,7 @@ from torchrl_ript.trainers import (
     make_scheduler,
     save_video,
 )
-from torchrl_ript.transforms import RLOOAdvantage, ZeroAdvantageFilter
+from torchrl_ript.transforms import ContextOutcomeFeed, RLOOAdvantage, ZeroAdvantageFilter
 
 __version__ = "0.1.0"
 
@@ -72,6 +72,7 @@ __all__ = [
     "make_param_groups",
     "make_scheduler",
     "save_video",
+    "ContextOutcomeFeed",
     "RLOOAdvantage",
     "ZeroAdvantageFilter",
 ]

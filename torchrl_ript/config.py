@@ -16,23 +16,23 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; the message says how to fix it."""
 
 
-def context_draw_limit(max_context_draws: int | None, batch_size: int, group_size: int) -> int:
+def context_draw_limit(max_context_draws: int | None, trajs_per_batch: int, group_size: int) -> int:
     """Contexts a step may draw at most: ``max_context_draws``, by default 10 B/K.
 
     Examples:
         >>> context_draw_limit(None, 32, 8), context_draw_limit(6, 32, 8)
         (40, 6)
     """
-    return int(max_context_draws) if max_context_draws is not None else 10 * int(batch_size) // int(group_size)
+    return int(max_context_draws) if max_context_draws is not None else 10 * int(trajs_per_batch) // int(group_size)
 
 
 def check_group_sizes(
     group_size: int,
-    batch_size: int | None = None,
+    trajs_per_batch: int | None = None,
     *,
     max_context_draws: int | None = None,
 ) -> None:
-    """The one check of K (``group_size``), B (``batch_size``) and the draw guard.
+    """The one check of K (``group_size``), B (``trajs_per_batch``) and the draw guard.
 
     Used by :func:`validate_ript_config`, the collector and the advantage
     transform, so the rules and their messages are the same everywhere.
@@ -42,7 +42,7 @@ def check_group_sizes(
         >>> check_group_sizes(8, 20)
         Traceback (most recent call last):
         ...
-        torchrl_ript.config.ConfigError: batch_size (B=20) must be a multiple of group_size (K=8): try batch_size=16 or 24.
+        torchrl_ript.config.ConfigError: trajs_per_batch (B=20) must be a multiple of group_size (K=8): try trajs_per_batch=16 or 24.
     """
     k = int(group_size)
     if k < 2:
@@ -50,14 +50,14 @@ def check_group_sizes(
             f"group_size (K={group_size}) must be >= 2: the leave-one-out baseline "
             "needs at least one other rollout of the same context."
         )
-    if batch_size is None:
+    if trajs_per_batch is None:
         return
-    b = int(batch_size)
+    b = int(trajs_per_batch)
     if b < k or b % k:
         low = max(k, b // k * k)
         raise ConfigError(
-            f"batch_size (B={batch_size}) must be a multiple of group_size "
-            f"(K={group_size}): try batch_size={low} or {low + k}."
+            f"trajs_per_batch (B={trajs_per_batch}) must be a multiple of group_size "
+            f"(K={group_size}): try trajs_per_batch={low} or {low + k}."
         )
     if max_context_draws is not None and int(max_context_draws) < b // k:
         raise ConfigError(
@@ -72,7 +72,7 @@ class RIPTConfig:
 
     Attributes:
         group_size: K, rollouts per context (>= 2).
-        batch_size: B, informative rollouts per step (a multiple of K).
+        trajs_per_batch: B, informative rollouts per step (a multiple of K).
         num_steps: M, RIPT steps.
         ppo_epochs: N, passes over each batch.
         minibatch_size: trajectories per gradient step.
@@ -89,13 +89,18 @@ class RIPTConfig:
         keep_in_flight: rollouts still running when a batch is complete carry
             into the next batch instead of being discarded.
         max_staleness: carried rollouts at most this many policy versions old.
+        lockstep: env slots step with a barrier during collection and
+            evaluation, so a stochastic policy sees the same batches whatever the
+            envs' timing: the same seed and command give bitwise the same run
+            (and a resumed run equals an uninterrupted one). Costs the
+            free-running slots' throughput (README, "Reproducible runs").
         eval_every: evaluate every this many steps.
         scheduler: ``"constant"`` or ``"cosine"``; ``warmup_steps`` before it.
         seed: global seed.
     """
 
     group_size: int = 16
-    batch_size: int = 160
+    trajs_per_batch: int = 160
     num_steps: int = 15
     ppo_epochs: int = 20
     minibatch_size: int = 8
@@ -110,6 +115,7 @@ class RIPTConfig:
     num_envs: int = 2
     keep_in_flight: bool = False
     max_staleness: int = 1
+    lockstep: bool = False
     eval_every: int = 1
     scheduler: str = "constant"
     warmup_steps: int = 0
@@ -135,9 +141,9 @@ class RIPTConfig:
 
 # Section 5.1 and the official code's configs (QueST single-task; OFT).
 PAPER_PRESETS = {
-    "quest": dict(group_size=16, batch_size=160, ppo_epochs=20, minibatch_size=8, lr=1e-6,
+    "quest": dict(group_size=16, trajs_per_batch=160, ppo_epochs=20, minibatch_size=8, lr=1e-6,
                   clip_epsilon=0.2, max_grad_norm=1.0),
-    "openvla_oft": dict(group_size=8, batch_size=192, ppo_epochs=1, minibatch_size=4, lr=1e-4,
+    "openvla_oft": dict(group_size=8, trajs_per_batch=192, ppo_epochs=1, minibatch_size=4, lr=1e-4,
                         clip_epsilon=0.1, max_grad_norm=1.0,
                         param_lrs={"lora_": 1e-4, "action_head": 1e-5}),
 }
@@ -147,15 +153,15 @@ def validate_ript_config(config: RIPTConfig) -> RIPTConfig:
     """Raise :class:`ConfigError` for values that cannot work.
 
     Examples:
-        >>> validate_ript_config(RIPTConfig(group_size=8, batch_size=24))  # doctest: +ELLIPSIS
-        RIPTConfig(group_size=8, batch_size=24, ...)
-        >>> validate_ript_config(RIPTConfig(group_size=8, batch_size=20))
+        >>> validate_ript_config(RIPTConfig(group_size=8, trajs_per_batch=24))  # doctest: +ELLIPSIS
+        RIPTConfig(group_size=8, trajs_per_batch=24, ...)
+        >>> validate_ript_config(RIPTConfig(group_size=8, trajs_per_batch=20))
         Traceback (most recent call last):
         ...
-        torchrl_ript.config.ConfigError: batch_size (B=20) must be a multiple of group_size (K=8): try batch_size=16 or 24.
+        torchrl_ript.config.ConfigError: trajs_per_batch (B=20) must be a multiple of group_size (K=8): try trajs_per_batch=16 or 24.
     """
     c = config
-    check_group_sizes(c.group_size, c.batch_size, max_context_draws=c.max_context_draws)
+    check_group_sizes(c.group_size, c.trajs_per_batch, max_context_draws=c.max_context_draws)
     for name in ("num_steps", "ppo_epochs", "minibatch_size", "max_decisions", "num_envs",
                  "eval_every"):
         value = getattr(c, name)
@@ -175,9 +181,9 @@ def validate_ript_config(config: RIPTConfig) -> RIPTConfig:
         raise ConfigError(f"ratio must be 'trajectory' or 'step', got {c.ratio!r}.")
     if c.scheduler not in ("constant", "cosine"):
         raise ConfigError(f"scheduler must be 'constant' or 'cosine', got {c.scheduler!r}.")
-    if c.minibatch_size > c.batch_size:
+    if c.minibatch_size > c.trajs_per_batch:
         raise ConfigError(
-            f"minibatch_size={c.minibatch_size} exceeds batch_size={c.batch_size}: "
+            f"minibatch_size={c.minibatch_size} exceeds trajs_per_batch={c.trajs_per_batch}: "
             "lower it (the paper uses 8 for QueST, 4 for OFT)."
         )
     return c

@@ -5,6 +5,7 @@ import torch
 from torchrl.envs import ParallelEnv, SerialEnv
 
 from torchrl_ript import ContextDataset, ContextToyVLAEnv, GroupCollector, make_ript_replay_buffer
+from torchrl_ript.data import AdaptiveSampler
 
 from core_helpers import laplace_actor, oracle_policy
 
@@ -154,3 +155,38 @@ def test_runs_under_torchrl_multi_process_collector():
         for g in batch["group_id"].unique():
             assert int((batch["group_id"] == g).sum()) == 4
         assert batch["advantage"].shape == (16, 1)
+
+
+def test_set_keys_renames_the_row_entries_and_the_buffer_reads_them():
+    actor, _ = laplace_actor(init_scale=0.3)
+    c = collector(make_env(4), actor, trajs_per_batch=8)
+    c.set_keys(reward="R", group_id="gid", context_id="cid", task_id="tid")
+    try:
+        batch = next(iter(c))
+    finally:
+        c.shutdown()
+    for key in ("R", "gid", "cid", "tid", "advantage"):
+        assert key in batch.keys(), key
+    assert "reward" not in batch.keys() and "group_id" not in batch.keys()
+    for g in batch["gid"].unique():  # RLOO and the filter read the renamed reward and group id
+        rewards = batch["R"][batch["gid"] == g]
+        assert rewards.min() == 0 and rewards.max() == 1
+    stats = c.last_stats
+    assert stats.groups_completed == stats.groups_kept + stats.groups_all_success + stats.groups_all_failure
+
+
+def test_an_adaptive_sampler_is_fed_every_finished_rollout():
+    g = torch.Generator().manual_seed(0)
+    ds = ContextDataset(torch.rand(16, 2, generator=g) - 0.5, [0] * 16, ["track"], seed=0,
+                        sampler=AdaptiveSampler(group_size=4, memory=1e12))  # forgets nothing
+    # an oracle solves every context: each group is uniform and dropped, yet the sampler hears of it
+    c = collector(make_env(4), oracle_policy(), context_dataset=ds, trajs_per_batch=8, max_context_draws=3)
+    try:
+        with pytest.warns(RuntimeWarning, match="max_context_draws"):
+            batch = next(iter(c))
+    finally:
+        c.shutdown()
+    stats = c.last_stats
+    assert batch.shape[0] == 0 and stats.groups_all_success == stats.groups_completed == 3
+    sampler = ds.context_sampler
+    assert float(sampler.successes.sum()) == pytest.approx(12) and float(sampler.failures.sum()) == 0

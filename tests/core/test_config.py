@@ -11,7 +11,7 @@ from torchrl_ript.config import PAPER_PRESETS, ConfigError, RIPTConfig, validate
     "values, match",
     [
         (dict(group_size=1), "group_size"),
-        (dict(group_size=8, batch_size=20), "multiple of group_size"),
+        (dict(group_size=8, trajs_per_batch=20), "multiple of group_size"),
         (dict(ppo_epochs=-1), "ppo_epochs must be >= 1"),
         (dict(num_steps=0), "num_steps must be >= 1"),
         (dict(lr=0.0), "lr must be > 0"),
@@ -30,7 +30,7 @@ def test_bad_values_name_the_fix(values, match):
 
 def test_unknown_keys_are_rejected():
     with pytest.raises(ConfigError, match="unknown RIPT option"):
-        RIPTConfig.from_mapping({"group_size": 8, "batch_size": 16, "epochs": 3})
+        RIPTConfig.from_mapping({"group_size": 8, "trajs_per_batch": 16, "epochs": 3})
 
 
 def test_keep_in_flight_reaches_the_collector():
@@ -42,7 +42,7 @@ def test_keep_in_flight_reaches_the_collector():
     from torchrl_ript.trainers.factory import make_ript_trainer
 
     actor, _ = toy_laplace_actor()
-    config = RIPTConfig(group_size=2, batch_size=4, minibatch_size=2, max_decisions=4, keep_in_flight=True,
+    config = RIPTConfig(group_size=2, trajs_per_batch=4, minibatch_size=2, max_decisions=4, keep_in_flight=True,
                         max_staleness=2)
     trainer = make_ript_trainer(config, env=SerialEnv(2, lambda: ContextToyVLAEnv(action_dim=2)), eval_env=None,
                                 actor=actor, train_contexts=ContextDataset(torch.zeros(4, 2), [0] * 4, ["track"]),

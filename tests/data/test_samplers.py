@@ -4,9 +4,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from tensordict import TensorDict
 
-from torchrl_ript.data import AdaptiveSampler, ContextDataset, ContextOutcomeFeed, UniformSampler
+from torchrl_ript.data import AdaptiveSampler, ContextDataset, UniformSampler
 from torchrl_ript.data.samplers import make_sampler
 
 K = 8
@@ -91,22 +90,6 @@ def test_custom_sampler_object_and_bad_names():
         AdaptiveSampler(explore=1.5)
     with pytest.raises(ValueError, match="group_size"):
         AdaptiveSampler(group_size=1)
-
-
-def test_outcome_feed_sees_rows_before_dynamic_sampling_drops_them():
-    from torchrl_ript.collectors.group import make_ript_replay_buffer
-
-    ds = ContextDataset(torch.zeros(3, 1), [0, 0, 0], ["t"], sampler=AdaptiveSampler(group_size=2))
-    rb = make_ript_replay_buffer(4, 2)
-    rb.append_transform(ContextOutcomeFeed(ds))
-    # group 0 (context 2) fails twice: uniform, dropped; group 1 (context 1) is mixed: kept
-    for group, context, reward in [(0, 2, 0.0), (0, 2, 0.0), (1, 1, 1.0), (1, 1, 0.0)]:
-        rb.extend(TensorDict(group_id=torch.tensor([group]), context_id=torch.tensor([context]),
-                             reward=torch.tensor([[reward]]), batch_size=[1]))
-    assert len(rb) == 2  # only the mixed group was kept...
-    sampler = ds.context_sampler
-    assert sampler.failures[2] > 1.5 and sampler.successes[2] == 0  # ...but the sampler saw both
-    assert sampler.successes[1] > 0 and sampler.failures[1] > 0
 
 
 def test_jitter_makes_fixed_valid_variants():

@@ -52,7 +52,7 @@ def main(out: Path, steps: int) -> None:
     trainer = RIPTTrainer(
         collector=collector, loss=RIPTClipPPOLoss(actor), optimizer=make_optimizer(actor, lr=1e-2),
         num_steps=steps, ppo_epochs=4, minibatch_size=4, checkpoint_dir=out, progress=False, seed=0,
-        config={"group_size": 4, "batch_size": 16, "lr": 1e-2},
+        config={"group_size": 4, "trajs_per_batch": 16, "lr": 1e-2},
     )
     trainer.resume(out / "latest.pt")
     trainer.train()

@@ -97,10 +97,10 @@ def test_bad_context_datasets(build, match):
 @pytest.mark.parametrize(
     "values, match",
     [
-        (dict(group_size=8, batch_size=20), "multiple of group_size.*try batch_size=16 or 24"),
-        (dict(group_size=1, batch_size=4), "must be >= 2"),
-        (dict(group_size=4, batch_size=16, max_context_draws=2), "use at least 4"),
-        (dict(group_size=4, batch_size=8, minibatch_size=16), "exceeds batch_size"),
+        (dict(group_size=8, trajs_per_batch=20), "multiple of group_size.*try trajs_per_batch=16 or 24"),
+        (dict(group_size=1, trajs_per_batch=4), "must be >= 2"),
+        (dict(group_size=4, trajs_per_batch=16, max_context_draws=2), "use at least 4"),
+        (dict(group_size=4, trajs_per_batch=8, minibatch_size=16), "exceeds trajs_per_batch"),
     ],
 )
 def test_bad_group_sizes(values, match):
@@ -110,7 +110,7 @@ def test_bad_group_sizes(values, match):
         actor, _ = laplace_actor()
         with pytest.raises(ConfigError, match=match):
             GroupCollector(toy_pool(), actor, context_dataset=contexts(), group_size=values["group_size"],
-                           trajs_per_batch=values["batch_size"], max_frames_per_traj=4,
+                           trajs_per_batch=values["trajs_per_batch"], max_frames_per_traj=4,
                            max_context_draws=values.get("max_context_draws"))
 
 

@@ -12,7 +12,6 @@ from torchrl_ript.data.demos import DemoWriter, read_demos
 from torchrl_ript.models.checkpoint import load_policy
 from torchrl_ript.modules.toy_policies import toy_laplace_actor
 from torchrl_ript.trainers.pipeline import (
-    attach_outcome_feed,
     collection_summary,
     load_or_pretrain,
     load_or_train_policy,
@@ -88,7 +87,7 @@ def test_missing_checkpoints_name_the_fix(tmp_path):
                              save_to=tmp_path / "s.pt")
 
 
-def test_outcome_feed_reaches_the_adaptive_sampler_through_a_real_collector():
+def test_a_real_collector_feeds_its_adaptive_sampler_by_itself():
     torch.manual_seed(0)
     contexts = ContextDataset(torch.rand(6, 2) - 0.5, [0] * 6, ["track"], seed=0,
                               sampler=AdaptiveSampler(group_size=4))
@@ -98,7 +97,6 @@ def test_outcome_feed_reaches_the_adaptive_sampler_through_a_real_collector():
         context_dataset=contexts, group_size=4, trajs_per_batch=8, max_frames_per_traj=3, seed=0,
         dynamic_sampling=False,
     )
-    attach_outcome_feed(collector)
     batch = next(iter(collector))
     stats = collector.last_stats
     sampler = contexts.context_sampler

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.collectors import BaseCollector
+from torchrl.collectors import BaseCollector, Collector
 from torchrl.envs.utils import ExplorationType
+from torchrl.weight_update import RayWeightSyncScheme
 
-from torchrl_ript.collectors.group import GroupCollector
+from torchrl_ript.collectors.group import GroupBatches, GroupCollector
 from torchrl_ript.collectors.stats import CollectionStats
 from torchrl_ript.config import check_group_sizes, context_draw_limit
 from torchrl_ript.data.context import ContextDataset
@@ -187,7 +188,7 @@ class RemoteGroupCollector(GroupCollector):
         return f"{type(self).__name__}(stream={getattr(self, 'stream_index', '?')})"
 
 
-class RayGroupCollector(BaseCollector):
+class RayGroupCollector(GroupBatches, BaseCollector):
     """B informative rollouts per batch, gathered from N Ray rollout workers.
 
     Each worker is a :class:`RemoteGroupCollector` (``envs_per_worker`` env
@@ -234,6 +235,16 @@ class RayGroupCollector(BaseCollector):
             dynamic_sampling, exploration_type, observation_keys: as for
             :class:`~torchrl_ript.collectors.GroupCollector` (B is the total
             over workers).
+        lockstep (bool): each worker steps its env slots with a barrier (see
+            :class:`~torchrl_ript.collectors.GroupCollector`). A worker's
+            groups are then repeatable; which worker's groups fill a batch
+            still depends on timing. Defaults to False.
+        advantage (Transform, optional): the advantage transform of every
+            worker's buffer (each worker builds it with
+            :func:`~torchrl_ript.collectors.make_ript_replay_buffer`, as the
+            local collector does; a sampler that learns from outcomes is fed
+            there, so each worker's estimates come from its own rollouts).
+            Defaults to :class:`~torchrl_ript.transforms.RLOOAdvantage`.
         max_context_draws (int, optional): contexts drawn per batch over all
             workers (default ``10 * B // K``).
         num_workers (int): Ray rollout workers. Defaults to 2.
@@ -283,6 +294,8 @@ class RayGroupCollector(BaseCollector):
         max_frames_per_traj: int,
         max_context_draws: int | None = None,
         dynamic_sampling: bool = True,
+        lockstep: bool = False,
+        advantage=None,
         num_workers: int = 2,
         groups_per_report: int = 1,
         max_policy_lag: int = 0,
@@ -323,10 +336,12 @@ class RayGroupCollector(BaseCollector):
         self.policy = policy
         self.context_dataset = context_dataset
         self.group_size = int(group_size)
-        self.batch_trajs = int(trajs_per_batch)
+        self.trajs_per_batch = int(trajs_per_batch)
         self.horizon = int(max_frames_per_traj)
-        self.max_context_draws = context_draw_limit(max_context_draws, self.batch_trajs, self.group_size)
+        self.max_context_draws = context_draw_limit(max_context_draws, self.trajs_per_batch, self.group_size)
         self.dynamic_sampling = bool(dynamic_sampling)
+        self.lockstep = bool(lockstep)
+        self.advantage = advantage
         self.num_workers = int(num_workers)
         self.groups_per_report = int(groups_per_report)
         self.max_policy_lag = int(max_policy_lag)
@@ -338,7 +353,7 @@ class RayGroupCollector(BaseCollector):
         self.observation_keys = observation_keys
         self.total_frames = int(total_frames)
         self.stream_offset = int(stream_offset)
-        self.frames_per_batch = self.batch_trajs
+        self.frames_per_batch = self.trajs_per_batch
         self._keys: dict = {}
         self._remote_config = {"num_cpus": num_cpus_per_worker, **(remote_config or {})}
         if num_gpus_per_worker:
@@ -375,9 +390,6 @@ class RayGroupCollector(BaseCollector):
 
     # -- the pool of workers (a TorchRL RayCollector) --------------------------
     def _start_pool(self) -> None:
-        from torchrl.collectors import Collector
-        from torchrl.weight_update import RayWeightSyncScheme
-
         first = self.stream_offset + self._generation * self.num_workers
         kwargs = [
             {
@@ -389,6 +401,8 @@ class RayGroupCollector(BaseCollector):
                     self.groups_per_report, min(10 * self.groups_per_report, self.max_context_draws)
                 ),
                 "dynamic_sampling": self.dynamic_sampling,
+                "lockstep": self.lockstep,
+                "advantage": self.advantage,
                 "observation_keys": self.observation_keys,
                 # a group carried over in a worker may be at most as old as the learner accepts
                 "max_staleness": self.max_policy_lag,
@@ -517,7 +531,7 @@ class RayGroupCollector(BaseCollector):
         if not self._published:
             self._publish_guarded()
         K = self.group_size
-        need = self.batch_trajs // K
+        need = self.trajs_per_batch // K
         stats = RayCollectionStats(workers=self.num_workers)
         groups: list[tuple[TensorDictBase, int]] = []
         worker_stats: list[CollectionStats] = []
@@ -571,7 +585,7 @@ class RayGroupCollector(BaseCollector):
             stats.reports += 1
             worker_stats.append(_stats_from_dict(worker_stat))
             drawn += int(worker_stat.get("contexts_drawn", 0))
-            for group in _split_groups(rows, K):
+            for group in _split_groups(rows, K, self._keys.get("group_id", "group_id")):
                 if self.policy_version - int(version) > self.max_policy_lag:
                     stats.groups_stale += 1  # collected before more than max_policy_lag updates
                     stats.rollouts_discarded += group.shape[0]
@@ -678,11 +692,11 @@ class RayGroupCollector(BaseCollector):
             pass
 
 
-def _split_groups(rows: TensorDictBase | None, group_size: int) -> list[TensorDictBase]:
+def _split_groups(rows: TensorDictBase | None, group_size: int, group_key="group_id") -> list[TensorDictBase]:
     """Complete groups of a worker report (rows of a group are contiguous)."""
     if not _rows(rows):
         return []
-    ids = rows["group_id"]
+    ids = rows[group_key]
     out = []
     for gid in torch.unique_consecutive(ids):
         group = rows[ids == gid]

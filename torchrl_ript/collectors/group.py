@@ -11,7 +11,7 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.utils import NestedKey
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, ReplayBuffer
-from torchrl.envs import EnvBase
+from torchrl.envs import EnvBase, Transform
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from torchrl_ript.collectors.engine import EngineTimes, Rollout, RolloutEngine, as_env_pool
@@ -19,32 +19,47 @@ from torchrl_ript.collectors.layout import StepRecorder, trajectory_row
 from torchrl_ript.collectors.stats import CollectionStats
 from torchrl_ript.config import check_group_sizes, context_draw_limit
 from torchrl_ript.data.context import ContextDataset
-from torchrl_ript.transforms import RLOOAdvantage, ZeroAdvantageFilter
+from torchrl_ript.transforms import ContextOutcomeFeed, RLOOAdvantage, ZeroAdvantageFilter
 
-__all__ = ["GroupCollector", "CollectionStats", "make_ript_replay_buffer"]
+__all__ = ["GroupBatches", "GroupCollector", "CollectionStats", "make_ript_replay_buffer"]
 
 
 def make_ript_replay_buffer(
-    batch_size: int,
+    trajs_per_batch: int,
     group_size: int,
     *,
     dynamic_sampling: bool = True,
+    advantage: Transform | None = None,
+    outcome_feed: ContextDataset | None = None,
     group_key: NestedKey = "group_id",
     reward_key: NestedKey = "reward",
+    context_key: NestedKey = "context_id",
 ) -> ReplayBuffer:
-    """A buffer of ``batch_size`` trajectories with RLOO (+ zero-advantage filter).
+    """The buffer a RIPT batch is written through: ``trajs_per_batch`` trajectory rows.
+
+    On write each row passes, in this order: the ``outcome_feed`` (a
+    :class:`~torchrl_ript.transforms.ContextOutcomeFeed` reporting every
+    finished rollout to that dataset's sampler), the ``advantage`` (default
+    :class:`~torchrl_ript.transforms.RLOOAdvantage`, which holds partial
+    groups), then :class:`~torchrl_ript.transforms.ZeroAdvantageFilter`, which
+    judges each complete group once: it drops the uniform ones
+    (``dynamic_sampling``) or only counts them. The transforms are appended
+    in the reverse order, since a replay buffer runs write-side transforms
+    from the last appended to the first. The local and the Ray collectors
+    build their buffers here.
 
     Examples:
         >>> rb = make_ript_replay_buffer(8, 4)
-        >>> [type(t).__name__ for t in rb.transform]
-        ['RLOOAdvantage', 'ZeroAdvantageFilter']
+        >>> [type(t).__name__ for t in rb.transform]  # appended; written through in reverse
+        ['ZeroAdvantageFilter', 'RLOOAdvantage']
     """
-    rb = ReplayBuffer(storage=LazyTensorStorage(batch_size), batch_size=None)
-    rb.append_transform(RLOOAdvantage(group_size, group_key=group_key, reward_key=reward_key))
-    if dynamic_sampling:
-        rb.append_transform(
-            ZeroAdvantageFilter(group_key=group_key, reward_key=reward_key, group_size=group_size)
-        )
+    rb = ReplayBuffer(storage=LazyTensorStorage(trajs_per_batch), batch_size=None)
+    rb.append_transform(ZeroAdvantageFilter(group_key=group_key, reward_key=reward_key, drop=dynamic_sampling))
+    if advantage is None:
+        advantage = RLOOAdvantage(group_size, group_key=group_key, reward_key=reward_key)
+    rb.append_transform(advantage)
+    if outcome_feed is not None:
+        rb.append_transform(ContextOutcomeFeed(outcome_feed, context_key=context_key, reward_key=reward_key))
     return rb
 
 
@@ -61,7 +76,24 @@ class _Group:
     attempt: int = 0  # bumped when the group is rerun: older members are ignored
 
 
-class GroupCollector(Collector):
+class GroupBatches:
+    """Mixin of the group collectors: ``trajs_per_batch`` is B, served by :meth:`iterator`.
+
+    B has TorchRL's meaning of ``trajs_per_batch`` (whole trajectories per
+    batch), but TorchRL's ``__iter__`` hands a collector with that attribute
+    set to its own trajectory splitter; these batches come from the groups.
+    """
+
+    def __iter__(self):
+        self._iteration_started = True
+        try:
+            yield from self.iterator()
+        except Exception:
+            self.shutdown()
+            raise
+
+
+class GroupCollector(GroupBatches, Collector):
     """Collects K rollouts from each sampled context until B are informative.
 
     Each iteration draws contexts from ``context_dataset`` and runs K rollouts
@@ -74,7 +106,11 @@ class GroupCollector(Collector):
     through a replay buffer holding :class:`RLOOAdvantage` and (with
     ``dynamic_sampling``) :class:`ZeroAdvantageFilter`, the only rejection
     mechanism, until this iteration wrote B rows (or ``max_context_draws``
-    contexts were drawn: then it warns and returns what it has). Judging in
+    contexts were drawn: then it warns and returns what it has). The buffer
+    comes from :func:`make_ript_replay_buffer` (``advantage`` replaces RLOO;
+    a context sampler that learns from outcomes, e.g. ``"adaptive"``, gets a
+    :class:`~torchrl_ript.transforms.ContextOutcomeFeed`), and its filter's
+    counters are the batch's group statistics. Judging in
     draw order makes a batch independent of the slots' timing: a seeded
     deterministic policy gets identical batches however fast each env runs.
 
@@ -135,10 +171,13 @@ class GroupCollector(Collector):
             :class:`~torchrl_ript.collectors.engine.RolloutEngine`): slower, but
             runs with a stochastic policy become bit-reproducible (e.g. an
             exact resume from a checkpoint). Defaults to False.
-        replay_buffer (ReplayBuffer, optional): write into this buffer (it
-            should carry the RLOO/filter transforms, see
-            :func:`make_ript_replay_buffer`) and yield ``None``, as TorchRL
-            collectors do. Default: an internal buffer, and batches are yielded.
+        advantage (Transform, optional): the advantage transform of the
+            internal buffer. Defaults to :class:`~torchrl_ript.transforms.RLOOAdvantage`.
+        replay_buffer (ReplayBuffer, optional): write into this buffer (build
+            it with :func:`make_ript_replay_buffer`; the uniform-group
+            statistics come from its :class:`~torchrl_ript.transforms.ZeroAdvantageFilter`,
+            and stay 0 without one) and yield ``None``, as TorchRL collectors
+            do. Default: an internal buffer, and batches are yielded.
         total_frames (int): trajectories to collect in all; ``-1`` = forever.
         exploration_type: defaults to ``ExplorationType.RANDOM`` (sampling).
         observation_keys (list of keys, optional): the policy inputs to store
@@ -187,7 +226,10 @@ class GroupCollector(Collector):
                 token actor); defaults to ``action``.
             log_prob: the per-decision log-prob written by the actor.
             instruction: the language instruction (stored once per trajectory).
-            done, success, reward, task_id, env_steps: env outputs.
+            done, success, env_steps: env outputs (``success`` is also the
+                trajectory's success entry).
+            reward: the trajectory reward (1.0 on success) the advantage reads.
+            group_id, context_id, task_id: the trajectory's ids.
         """
 
         action: NestedKey = "action"
@@ -197,6 +239,8 @@ class GroupCollector(Collector):
         done: NestedKey = "done"
         success: NestedKey = "success"
         reward: NestedKey = "reward"
+        group_id: NestedKey = "group_id"
+        context_id: NestedKey = "context_id"
         task_id: NestedKey = "task_id"
         env_steps: NestedKey = "env_steps"
 
@@ -215,6 +259,7 @@ class GroupCollector(Collector):
         max_staleness: int = 1,
         max_env_restarts: int = 3,
         lockstep: bool = False,
+        advantage: Transform | None = None,
         replay_buffer: ReplayBuffer | None = None,
         total_frames: int = -1,
         exploration_type: ExplorationType = ExplorationType.RANDOM,
@@ -252,20 +297,18 @@ class GroupCollector(Collector):
             )
         self.context_dataset = context_dataset
         self.group_size = int(group_size)
-        self.batch_trajs = int(trajs_per_batch)
+        trajs_per_batch = int(trajs_per_batch)
         self.horizon = int(max_frames_per_traj)
-        self.max_context_draws = context_draw_limit(max_context_draws, self.batch_trajs, self.group_size)
+        self.max_context_draws = context_draw_limit(max_context_draws, trajs_per_batch, self.group_size)
         self.dynamic_sampling = bool(dynamic_sampling)
         self.keep_in_flight = bool(keep_in_flight)
         self.max_staleness = int(max_staleness)
         self.max_env_restarts = int(max_env_restarts)
         self.lockstep = bool(lockstep)
         self._user_rb = replay_buffer is not None
-        self._rb = (
-            replay_buffer
-            if replay_buffer is not None  # an empty buffer is falsy
-            else make_ript_replay_buffer(self.batch_trajs, self.group_size, dynamic_sampling=self.dynamic_sampling)
-        )
+        self._advantage = advantage
+        # the internal buffer is built on first use, with the keys set by then (set_keys)
+        self._rb = replay_buffer
         stream = int(stream_index if stream_index is not None else (worker_idx or 0))
         if stream < 0:
             raise ValueError(f"stream_index must be >= 0, got {stream_index}.")
@@ -291,7 +334,7 @@ class GroupCollector(Collector):
         super().__init__(
             _as_pool(create_env_fn, create_env_kwargs),
             policy,
-            frames_per_batch=self.batch_trajs,
+            frames_per_batch=trajs_per_batch,
             total_frames=total_frames,
             exploration_type=exploration_type,
             replay_buffer=replay_buffer,
@@ -302,6 +345,8 @@ class GroupCollector(Collector):
             auto_register_policy_transforms=kwargs.pop("auto_register_policy_transforms", False),
             **kwargs,
         )
+        # set after the base, which resets it (see GroupBatches)
+        self.trajs_per_batch = trajs_per_batch
 
     # -- keys -----------------------------------------------------------------
     @property
@@ -317,10 +362,22 @@ class GroupCollector(Collector):
                     f"{sorted(self._AcceptedKeys.__dataclass_fields__)}."
                 )
             setattr(self._tensor_keys, key, value)
+        if not self._user_rb:
+            self._rb = None  # rebuilt with the new keys (it holds nothing between batches)
         return self
 
     @property
     def replay_buffer_with_transforms(self) -> ReplayBuffer:
+        """The buffer batches are written through (built here on first use)."""
+        if self._rb is None:
+            keys = self._tensor_keys
+            sampler = self.context_dataset.context_sampler
+            self._rb = make_ript_replay_buffer(
+                self.trajs_per_batch, self.group_size, dynamic_sampling=self.dynamic_sampling,
+                advantage=self._advantage,
+                outcome_feed=self.context_dataset if sampler.learns_from_outcomes else None,
+                group_key=keys.group_id, reward_key=keys.reward, context_key=keys.context_id,
+            )
         return self._rb
 
     def _stored_observation_keys(self) -> list[NestedKey]:
@@ -408,7 +465,7 @@ class GroupCollector(Collector):
         start = time.perf_counter()
         stats = CollectionStats()
         keys = self._tensor_keys
-        rb = self._rb
+        rb = self.replay_buffer_with_transforms
         if not self._user_rb:
             rb.empty()
         engine = self._get_engine()
@@ -458,7 +515,7 @@ class GroupCollector(Collector):
             while self._order and len(self._groups[self._order[0]].rows) == self.group_size:
                 gid = self._order.popleft()
                 written += self._release(gid, self._groups.pop(gid), rb, stats, version)
-                if written >= self.batch_trajs:
+                if written >= self.trajs_per_batch:
                     return True
             return False
 
@@ -476,11 +533,11 @@ class GroupCollector(Collector):
         else:
             stats.rollouts_discarded += len(abandoned) + self._rerun_groups(list(self._order))
         self._fill_times(stats, engine.times, times_before)
-        if written < self.batch_trajs:
+        if written < self.trajs_per_batch:
             stats.hit_draw_limit = True
             warnings.warn(
                 f"GroupCollector drew max_context_draws={self.max_context_draws} contexts "
-                f"but holds only {written} of {self.batch_trajs} informative rollouts: the "
+                f"but holds only {written} of {self.trajs_per_batch} informative rollouts: the "
                 "policy solves or fails (almost) every context it was given. Returning what it has.",
                 RuntimeWarning,
                 stacklevel=2,
@@ -523,20 +580,24 @@ class GroupCollector(Collector):
             task_id=rollout.task_id, success=rollout.success, env_steps=rollout.env_steps,
             traj_id=rollout.group_id * self.group_size + rollout.member,
             policy_version=rollout.policy_version, instruction=rollout.instruction,
-            log_prob_key=keys.log_prob, instruction_key=keys.instruction,
+            keys={name: getattr(keys, name) for name in ("group_id", "context_id", "task_id", "reward", "success",
+                                                         "log_prob", "instruction")},
         )
 
     def _release(self, gid: int, group: _Group, rb: ReplayBuffer, stats: CollectionStats, version: int) -> int:
-        """Write a complete group through the buffer's transforms; the rows written."""
+        """Write a complete group through the buffer's transforms; the rows written.
+
+        Whether the group was uniform is the buffer's filter's call: the
+        statistics are the changes of its counters.
+        """
         rows = torch.cat([group.rows[m] for m in range(self.group_size)])
-        rewards = rows.get(self._tensor_keys.reward).reshape(self.group_size, -1)[:, 0]
         stats.groups_completed += 1
-        if bool((rewards == rewards[0]).all()):
-            if bool(rewards[0] > 0):
-                stats.groups_all_success += 1
-            else:
-                stats.groups_all_failure += 1
+        judge = _group_filter(rb)
+        before = (judge.dropped_all_success, judge.dropped_all_failure) if judge is not None else (0, 0)
         index = rb.extend(rows)  # the indices written: none when the filter dropped the group
+        if judge is not None:
+            stats.groups_all_success += judge.dropped_all_success - before[0]
+            stats.groups_all_failure += judge.dropped_all_failure - before[1]
         n = 0 if index is None else int(torch.as_tensor(index).shape[0])
         if n:
             stats.groups_kept += 1
@@ -560,6 +621,12 @@ class GroupCollector(Collector):
             self.env.close(raise_if_closed=False)
         self._pool_closed = True
         super().shutdown(*args, **kwargs)
+
+
+def _group_filter(rb: ReplayBuffer) -> ZeroAdvantageFilter | None:
+    """The buffer's group judge (its :class:`ZeroAdvantageFilter`), if it has one."""
+    transforms = getattr(rb.transform, "transforms", [rb.transform])
+    return next((t for t in transforms if isinstance(t, ZeroAdvantageFilter)), None)
 
 
 def _as_pool(create_env_fn, create_env_kwargs):

@@ -12,6 +12,8 @@ finished rollout's row out of it.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from tensordict import NonTensorStack, TensorDict, TensorDictBase
 from tensordict.utils import NestedKey
@@ -82,31 +84,56 @@ def trajectory_row(
     traj_id: int,
     policy_version: int,
     instruction: str,
-    log_prob_key: NestedKey,
-    instruction_key: NestedKey,
+    keys: Mapping[str, NestedKey] | None = None,
 ) -> TensorDict:
-    """One trajectory row ``[1]`` (see the module doc) from its ``[T]`` decisions."""
+    """One trajectory row ``[1]`` (see the module doc) from its ``[T]`` decisions.
+
+    ``keys`` renames entries (the collector's accepted keys): ``group_id``,
+    ``context_id``, ``task_id``, ``reward``, ``success``, ``log_prob``
+    (default ``"action_log_prob"``) and ``instruction`` (default
+    ``"language_instruction"``).
+
+    Examples:
+        >>> steps = TensorDict(action_log_prob=torch.tensor([-1.0, -2.0, 0.0]), batch_size=[3])
+        >>> row = trajectory_row(steps, length=2, group_id=0, context_id=3, task_id=0, success=True,
+        ...                      env_steps=2, traj_id=0, policy_version=0, instruction="reach",
+        ...                      keys={"reward": "R"})
+        >>> row["R"], row["action_log_prob"], row["steps", "mask"]
+        (tensor([[1.]]), tensor([-3.]), tensor([[ True,  True, False]]))
+    """
+    names = {**_ROW_KEYS, **(keys or {})}
     horizon = steps.shape[0]
     mask = torch.zeros(horizon, dtype=torch.bool)
     mask[:length] = True
     steps.set("mask", mask)
-    log_prob = steps.get(log_prob_key)
+    log_prob = steps.get(names["log_prob"])
     row = TensorDict(
         {
-            "group_id": torch.tensor(group_id),
-            "context_id": torch.tensor(context_id),
-            "task_id": torch.tensor(task_id),
-            "reward": torch.tensor([float(success)]),
-            "success": torch.tensor([bool(success)]),
+            names["group_id"]: torch.tensor(group_id),
+            names["context_id"]: torch.tensor(context_id),
+            names["task_id"]: torch.tensor(task_id),
+            names["reward"]: torch.tensor([float(success)]),
+            names["success"]: torch.tensor([bool(success)]),
             "length": torch.tensor(length),
             "env_steps": torch.tensor(env_steps),
             "policy_version": torch.tensor(policy_version),
             # TorchRL's trajectory id (multi-process collectors count these)
             ("collector", "traj_ids"): torch.tensor(traj_id),
-            log_prob_key: (log_prob * mask.to(log_prob.dtype)).sum(),
+            names["log_prob"]: (log_prob * mask.to(log_prob.dtype)).sum(),
             "steps": steps,
         },
         batch_size=[],
     ).unsqueeze(0)
-    row.set(instruction_key, NonTensorStack(instruction))
+    row.set(names["instruction"], NonTensorStack(instruction))
     return row
+
+
+_ROW_KEYS: dict[str, NestedKey] = {
+    "group_id": "group_id",
+    "context_id": "context_id",
+    "task_id": "task_id",
+    "reward": "reward",
+    "success": "success",
+    "log_prob": "action_log_prob",
+    "instruction": "language_instruction",
+}

@@ -5,7 +5,6 @@ from torchrl_ript.data.context import ContextDataset
 from torchrl_ript.data.demos import LIBERO_KEY_MAP, DemoFile, DemoWriter, demos_to_bc_dataset, read_demos
 from torchrl_ript.data.samplers import (
     AdaptiveSampler,
-    ContextOutcomeFeed,
     ContextSampler,
     PerTaskSampler,
     UniformSampler,
@@ -14,7 +13,6 @@ from torchrl_ript.data.samplers import (
 __all__ = [
     "AdaptiveSampler",
     "ContextDataset",
-    "ContextOutcomeFeed",
     "ContextSampler",
     "LIBERO_KEY_MAP",
     "DemoFile",

@@ -329,7 +329,7 @@ class ContextDataset:
         """Report finished rollouts (their context ids and successes) to the sampler.
 
         Only stateful samplers (``"adaptive"``) use them; see
-        :class:`~torchrl_ript.data.samplers.ContextOutcomeFeed` to feed them
+        :class:`~torchrl_ript.transforms.ContextOutcomeFeed` to feed them
         from a collector's replay buffer.
         """
         self.context_sampler.record(context_ids, successes)

@@ -9,7 +9,9 @@ group through its sampler:
 * :class:`AdaptiveSampler` (beyond the paper): keeps a success estimate per
   context, fed with the outcomes of finished rollouts
   (:meth:`ContextDataset.record_outcomes`, or the replay-buffer transform
-  :class:`ContextOutcomeFeed` on a collector's buffer), and draws contexts in
+  :class:`~torchrl_ript.transforms.ContextOutcomeFeed` on a collector's
+  buffer, which :class:`~torchrl_ript.collectors.GroupCollector` adds for
+  such samplers), and draws contexts in
   proportion to the chance that a group of K rollouts from them has mixed
   outcomes, i.e. is kept by dynamic sampling. A share ``explore`` of the draws
   stays uniform, so no context is starved and stale estimates get refreshed.
@@ -29,12 +31,9 @@ from __future__ import annotations
 import math
 
 import torch
-from tensordict import TensorDictBase
-from torchrl.envs.transforms import Transform
 
 __all__ = [
     "AdaptiveSampler",
-    "ContextOutcomeFeed",
     "ContextSampler",
     "PerTaskSampler",
     "UniformSampler",
@@ -52,6 +51,8 @@ class ContextSampler:
     """
 
     name = "base"
+    #: whether :meth:`record` uses outcomes (collectors then feed it every finished rollout)
+    learns_from_outcomes = False
 
     def draw(self, dataset, n: int, generator: torch.Generator) -> torch.Tensor:
         """``[n]`` int64 row indices of ``dataset`` (with replacement)."""
@@ -146,6 +147,7 @@ class AdaptiveSampler(ContextSampler):
     """
 
     name = "adaptive"
+    learns_from_outcomes = True
 
     def __init__(
         self,
@@ -260,48 +262,3 @@ def make_sampler(sampler: str | ContextSampler, **kwargs) -> ContextSampler:
             f"sampler must be one of {list(SAMPLERS)} or a ContextSampler, got {sampler!r}."
         )
     return SAMPLERS[sampler](**kwargs)
-
-
-class ContextOutcomeFeed(Transform):
-    """Replay-buffer transform that reports each written rollout's outcome to a context sampler.
-
-    Append it *last* to a RIPT replay buffer (write-side transforms run in
-    reverse order, so it sees every finished trajectory before dynamic
-    sampling drops uniform groups); it passes the data through unchanged
-    and calls ``dataset.record_outcomes(context_ids, rewards > 0)``.
-
-    Args:
-        dataset: the :class:`~torchrl_ript.data.ContextDataset` the collector draws from.
-
-    Keyword Args:
-        context_key, reward_key: the trajectory entries read.
-
-    Examples:
-        >>> import torch
-        >>> from tensordict import TensorDict
-        >>> from torchrl_ript.data import ContextDataset
-        >>> ds = ContextDataset(torch.zeros(2, 1), [0, 0], ["t"], sampler="adaptive")
-        >>> feed = ContextOutcomeFeed(ds)
-        >>> rows = TensorDict(context_id=torch.tensor([1, 0]), reward=torch.tensor([[1.0], [0.0]]), batch_size=[2])
-        >>> feed.inv(rows)["context_id"].tolist(), ds.context_sampler.successes.tolist(), ds.context_sampler.failures.tolist()
-        ([1, 0], [0.0, 1.0], [1.0, 0.0])
-    """
-
-    def __init__(self, dataset, *, context_key="context_id", reward_key="reward") -> None:
-        super().__init__(in_keys=[], out_keys=[])
-        self.dataset = dataset
-        self.context_key = context_key
-        self.reward_key = reward_key
-
-    def _inv_call(self, tensordict: TensorDictBase | None) -> TensorDictBase | None:
-        if tensordict is None or tensordict.numel() == 0:
-            return tensordict
-        rewards = tensordict.get(self.reward_key).reshape(tensordict.shape[0], -1)[:, 0]
-        self.dataset.record_outcomes(tensordict.get(self.context_key).reshape(-1), rewards > 0)
-        return tensordict
-
-    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        return tensordict
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(sampler={self.dataset.context_sampler!r})"

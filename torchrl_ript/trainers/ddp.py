@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import partial
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tensordict import TensorDict, TensorDictBase
@@ -36,14 +35,12 @@ from torchrl.collectors import BaseCollector
 from tqdm.auto import tqdm
 
 from torchrl_ript.collectors.distributed import merge_collection_stats
+from torchrl_ript.collectors.group import GroupCollector
 
 __all__ = [
     "DistributedContext",
     "RankCollector",
     "init_distributed",
-    "make_collector",
-    "optimise_distributed",
-    "COLLECTOR_DEFAULTS",
 ]
 
 
@@ -218,62 +215,6 @@ def init_distributed(
     return DistributedContext(rank, world_size, local_rank, device, backend)
 
 
-def optimise_distributed(trainer, batch: TensorDictBase) -> dict:
-    """The PPO epochs of :class:`~torchrl_ript.trainers.RIPTTrainer` on this rank's share.
-
-    Every rank takes the same number of gradient steps, each with one
-    all-reduce of the gradients; a rank's share of a step is weighted by its
-    rows, so the averaged gradient is the mean over the global minibatch even
-    when the shares differ (a rank short of informative groups). Clipping and
-    the optimiser step then see identical gradients on every rank, which keeps
-    the weights identical. Returns the trainer's record (losses averaged over
-    ranks).
-    """
-    ctx = trainer.distributed
-    n = batch.shape[0] if batch.batch_dims else 0
-    rows = ctx.all_gather_object(n)
-    if sum(rows) == 0:
-        if ctx.is_main:
-            tqdm.write(f"RIPT step {trainer.step + 1}: dynamic sampling found no informative "
-                       "group on any rank; nothing to learn from, the policy is unchanged.")
-        return {"train/skipped": 1, "train/batch": 0}
-    local_mb = trainer.minibatch_size // ctx.world_size
-    steps = max(-(-r // local_mb) for r in rows)
-    params = [p for g in trainer.optimizer.param_groups for p in g["params"]]
-    losses, clips, kls, norms, exits = [], [], [], [], []
-    for _ in range(trainer.ppo_epochs):
-        order = torch.randperm(n, generator=trainer._shuffle)
-        for step in range(steps):
-            sizes = [max(0, min(local_mb, r - step * local_mb)) for r in rows]
-            trainer.optimizer.zero_grad(set_to_none=True)
-            if sizes[ctx.rank]:
-                out = trainer.loss(batch[order[step * local_mb : (step + 1) * local_mb]])
-                loss = out["loss_objective"]
-                loss.backward()
-                losses.append(float(loss.detach()))
-                clips.append(float(out["clip_fraction"]))
-                kls.append(float(out["kl_approx"]))
-                if "support_exit_fraction" in out.keys():
-                    exits.append(float(out["support_exit_fraction"]))
-            ctx.all_reduce_gradients(params, weight=ctx.share_weight(sizes[ctx.rank], sizes))
-            if trainer.max_grad_norm is not None:
-                norms.append(float(torch.nn.utils.clip_grad_norm_(params, trainer.max_grad_norm)))
-            trainer.optimizer.step()
-    # averaged over the ranks that had rows (a rank with none reports nothing)
-    local = [(float(np.mean(v)) if v else None) for v in (losses, clips, kls, exits)]
-    gathered = ctx.all_gather_object(local)
-    names = ("train/loss", "train/clip_fraction", "train/kl_approx", "train/support_exit_fraction")
-    record = {}
-    for i, name in enumerate(names):
-        values = [g[i] for g in gathered if g[i] is not None]
-        if values:
-            record[name] = float(np.mean(values))
-    record.update({"train/batch": sum(rows), "train/skipped": 0})
-    if norms:
-        record["train/grad_norm"] = float(np.mean(norms))
-    return record
-
-
 class RankCollector(BaseCollector):
     """Yields this rank's share of each global batch of B trajectories.
 
@@ -307,11 +248,6 @@ class RankCollector(BaseCollector):
         self.last_stats = None
         self._iterator = None
 
-    # the in-process GroupCollector of this rank, for the trainer's checkpoint
-    @property
-    def _local(self):
-        return self.collector
-
     def iterator(self):
         source = iter(self.collector) if self.collector is not None else None
         ctx = self.distributed
@@ -338,8 +274,6 @@ class RankCollector(BaseCollector):
 
     def update_policy_weights_(self, *args, **kwargs) -> None:
         if self.collector is not None and hasattr(self.collector, "update_policy_weights_"):
-            from torchrl_ript.collectors.group import GroupCollector
-
             # an in-process GroupCollector runs the trained modules themselves
             if not isinstance(self.collector, GroupCollector):
                 self.collector.update_policy_weights_(*args, **kwargs)
@@ -358,8 +292,6 @@ class RankCollector(BaseCollector):
             return
         index = 0 if self.mode == "rank0" else self.distributed.rank
         if state.get("mode") != self.mode or index >= len(states):
-            import warnings
-
             warnings.warn(
                 f"checkpoint collector state was written by a {state.get('mode')!r} run with "
                 f"{len(states)} collectors; this {self.mode!r} run on "
@@ -378,10 +310,11 @@ class RankCollector(BaseCollector):
         return seed
 
     def state_dict(self) -> dict:
-        return {}
+        """Collective: :meth:`context_state_dict` (what a resumed run needs of the collectors)."""
+        return self.context_state_dict()
 
-    def load_state_dict(self, state_dict) -> None:
-        pass
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.load_context_state_dict(state_dict)
 
 
 def _split_rows(batch: TensorDictBase, parts: int) -> list[TensorDictBase]:
@@ -407,137 +340,3 @@ def _load_collector_context_state(collector, state: dict | None) -> None:
         collector.load_context_state_dict(state["remote"])
     else:
         collector.load_state_dict(state["local"])
-
-
-# -- the collector switch of the examples -----------------------------------------
-#: keys of an example's ``collector:`` config section
-COLLECTOR_DEFAULTS = {
-    "backend": "local",  # local | ray
-    "num_workers": 2,  # Ray rollout workers (backend=ray)
-    "ray_address": None,  # an existing cluster ("auto", "ip:6379"); default: start a local one
-    "envs_per_worker": None,  # env slots per Ray worker; default: K (one group at a time)
-    "cpus_per_worker": 1,
-    "gpus_per_worker": 0,
-    "max_policy_lag": 0,  # 0: on-policy batches; 1: workers keep collecting during the update
-    "ddp_collect": None,  # under torchrun: per_rank (local default) | rank0 (ray default)
-}
-
-
-def make_collector(
-    config,
-    options: Mapping | None,
-    *,
-    env_fn,
-    policy,
-    train_contexts,
-    sampled_action_key: str = "action",
-    parallel: bool = True,
-    distributed: DistributedContext | None = None,
-):
-    """The collector an example's ``collector:`` section asks for, or ``None``.
-
-    ``None`` means "the default": ``backend="local"`` in one process, where
-    :func:`~torchrl_ript.trainers.factory.make_ript_trainer` builds its
-    :class:`~torchrl_ript.collectors.GroupCollector` over the example's env
-    pool as before. ``backend="ray"`` gives a
-    :class:`~torchrl_ript.collectors.RayGroupCollector` with ``num_workers``
-    remote GroupCollectors, each over ``envs_per_worker`` (default K) copies
-    of ``env_fn`` in a :func:`~torchrl_ript.trainers.factory.make_batched_env`
-    pool (processes when ``parallel``, as rendering envs need). Under ``torchrun``
-    (``distributed`` given) the collector is wrapped in a
-    :class:`RankCollector`: with ``ddp_collect="per_rank"`` each rank collects
-    ``B / G`` rollouts with its own seed (``config.num_envs`` env slots per
-    rank), with ``"rank0"`` rank 0 collects all B and scatters. See
-    :data:`COLLECTOR_DEFAULTS` for the options.
-
-    Examples:
-        >>> from torchrl_ript import ContextDataset, ContextToyVLAEnv
-        >>> from torchrl_ript.config import RIPTConfig
-        >>> from torchrl_ript.modules.toy_policies import toy_laplace_actor
-        >>> actor, _ = toy_laplace_actor()
-        >>> contexts = ContextDataset(torch.rand(8, 2) - 0.5, [0] * 8, ["track"], seed=0)
-        >>> config = RIPTConfig(group_size=4, batch_size=8, minibatch_size=4, num_envs=4,
-        ...                     max_decisions=3)
-        >>> make_collector(config, {"backend": "local"}, env_fn=ContextToyVLAEnv, policy=actor,
-        ...                train_contexts=contexts) is None  # the default collector
-        True
-        >>> ctx = DistributedContext(rank=0, world_size=1)  # a 1-rank "torchrun" job
-        >>> collector = make_collector(config, {"backend": "local"}, env_fn=ContextToyVLAEnv,
-        ...                            policy=actor, train_contexts=contexts, parallel=False,
-        ...                            distributed=ctx)
-        >>> type(collector.collector).__name__, collector.collector.batch_trajs
-        ('GroupCollector', 8)
-        >>> batch = next(iter(collector))
-        >>> batch.shape, collector.last_stats.rollouts_kept
-        (torch.Size([8]), 8)
-        >>> collector.shutdown()
-    """
-    from torchrl_ript.trainers.factory import make_batched_env, make_group_collector
-
-    opts = dict(COLLECTOR_DEFAULTS)
-    unknown = set(options or {}) - set(opts)
-    if unknown:
-        raise KeyError(f"unknown collector options {sorted(unknown)}; valid: {sorted(opts)}.")
-    opts.update(dict((options or {}).items()))
-    backend = opts["backend"]
-    if backend not in ("local", "ray"):
-        raise ValueError(f"collector.backend must be 'local' or 'ray', got {backend!r}.")
-    world = distributed.world_size if distributed is not None else 1
-    rank = distributed.rank if distributed is not None else 0
-    mode = opts["ddp_collect"] or ("rank0" if backend == "ray" else "per_rank")
-    if mode not in ("per_rank", "rank0"):
-        raise ValueError(f"collector.ddp_collect must be 'per_rank' or 'rank0', got {mode!r}.")
-    K, B = config.group_size, config.batch_size
-    per_rank = distributed is not None and mode == "per_rank"
-    if per_rank and B % (world * K):
-        raise ValueError(
-            f"ript.batch_size={B} must split into {world} ranks of whole groups of K={K}: "
-            f"use a multiple of {world * K} (e.g. {world * K * max(1, B // (world * K))})."
-        )
-    if distributed is not None and config.minibatch_size % world:
-        raise ValueError(
-            f"ript.minibatch_size={config.minibatch_size} (rows per gradient step, all ranks "
-            f"together) must be a multiple of the {world} ranks."
-        )
-    if backend == "local" and distributed is None:
-        return None
-    batch = B // world if per_rank else B
-    seed = config.seed
-    collector = None
-    if backend == "local" and (per_rank or rank == 0):
-        draws = config.max_context_draws
-        if per_rank and draws is not None:
-            draws = max(batch // K, draws // world)
-        collector = make_group_collector(
-            config, make_batched_env(env_fn, config.num_envs, parallel=parallel), policy, train_contexts,
-            sampled_action_key=sampled_action_key, trajs_per_batch=batch, max_context_draws=draws,
-            # under DDP, the rank is the worker index: own context stream, disjoint group ids
-            worker_idx=rank if per_rank else None,
-        )
-    elif backend == "ray" and (per_rank or rank == 0):
-        from torchrl_ript.collectors.distributed import RayGroupCollector
-
-        envs = opts["envs_per_worker"] or K
-        workers = int(opts["num_workers"])
-        cpus = opts["cpus_per_worker"]
-        collector = RayGroupCollector(
-            # the example's own kind of env pool (rendering envs need processes)
-            partial(make_batched_env, env_fn, envs, parallel=parallel),
-            policy,
-            context_dataset=train_contexts,
-            group_size=K,
-            trajs_per_batch=batch,
-            max_frames_per_traj=config.max_decisions,
-            max_context_draws=config.max_context_draws,
-            dynamic_sampling=config.dynamic_sampling,
-            num_workers=workers,
-            seed=seed,
-            ray_address=opts["ray_address"],
-            num_cpus_per_worker=cpus,
-            num_gpus_per_worker=opts["gpus_per_worker"] or None,
-            max_policy_lag=int(opts["max_policy_lag"]),
-            stream_offset=rank * 1024,  # per_rank: each rank's workers own their streams and ids
-        ).set_keys(sampled_action=sampled_action_key)
-    if distributed is None:
-        return collector
-    return RankCollector(collector, distributed, mode=mode)

@@ -31,6 +31,7 @@ def evaluate_success(
     exploration_type: ExplorationType = ExplorationType.DETERMINISTIC,
     record_videos: int = 0,
     frame_key: NestedKey = ("observation", "image"),
+    lockstep: bool = False,
     progress: bool = True,
 ) -> dict:
     """Roll out each context of ``contexts`` once and report success rates.
@@ -46,6 +47,9 @@ def evaluate_success(
 
     ``env`` is an :class:`~torchrl.envs.AsyncEnvPool` (reused across calls), or
     a ``ParallelEnv``/``SerialEnv`` rebuilt as a pool for this call.
+    ``lockstep`` steps the slots with a barrier (see
+    :class:`~torchrl_ript.collectors.engine.RolloutEngine`): a sampling
+    policy then draws the same random numbers whatever the envs' timing.
 
     Examples:
         >>> import torch
@@ -86,7 +90,7 @@ def evaluate_success(
         return False
 
     engine = RolloutEngine(env, policy, contexts, horizon=horizon, on_decision=on_decision,
-                           extra_keys=[frame_key] if record_videos else None)
+                           extra_keys=[frame_key] if record_videos else None, lockstep=lockstep)
     try:
         with torch.no_grad(), set_exploration_type(exploration_type):
             engine.run(next_rollout, on_finish)
@@ -128,6 +132,7 @@ def evaluate_modes(
     modes: str | Sequence[str] = "deterministic",
     record_videos: int = 0,
     frame_key: NestedKey = ("observation", "image"),
+    lockstep: bool = False,
     progress: bool = True,
 ) -> dict:
     """:func:`evaluate_success` once per exploration mode (names of :data:`EXPLORATION_MODES`).
@@ -154,7 +159,8 @@ def evaluate_modes(
     for mode in modes:
         result = evaluate_success(
             env, policy, contexts, horizon=horizon, exploration_type=EXPLORATION_MODES[mode],
-            record_videos=record_videos if headline is None else 0, frame_key=frame_key, progress=progress,
+            record_videos=record_videos if headline is None else 0, frame_key=frame_key, lockstep=lockstep,
+            progress=progress,
         )
         by_mode[mode] = {"sr": result["success_rate"], "per_task": result["per_task"],
                          "outcomes": result["outcomes"], "n": result["num_rollouts"]}

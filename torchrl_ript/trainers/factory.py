@@ -6,7 +6,7 @@ and this wires collector, loss, optimiser, schedule, evaluation and logger.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 
@@ -15,15 +15,24 @@ from torchrl.envs import AsyncEnvPool, EnvBase, ExcludeTransform, TransformedEnv
 from torchrl.envs.utils import ExplorationType
 from torchrl.record.loggers import Logger, get_logger
 
+from torchrl_ript.collectors.distributed import RayGroupCollector
 from torchrl_ript.collectors.group import GroupCollector
 from torchrl_ript.config import RIPTConfig, validate_ript_config
 from torchrl_ript.data.context import ContextDataset
 from torchrl_ript.objectives.ppo import RIPTClipPPOLoss
+from torchrl_ript.trainers.ddp import DistributedContext, RankCollector
 from torchrl_ript.trainers.evaluate import evaluate_success
 from torchrl_ript.trainers.optim import make_optimizer, make_scheduler
 from torchrl_ript.trainers.ript import RIPTTrainer
 
-__all__ = ["make_batched_env", "make_group_collector", "make_logger", "make_ript_trainer"]
+__all__ = [
+    "COLLECTOR_DEFAULTS",
+    "make_batched_env",
+    "make_collector",
+    "make_group_collector",
+    "make_logger",
+    "make_ript_trainer",
+]
 
 
 def make_batched_env(
@@ -95,12 +104,13 @@ def make_group_collector(
         policy,
         context_dataset=train_contexts,
         group_size=config.group_size,
-        trajs_per_batch=config.batch_size if trajs_per_batch is None else trajs_per_batch,
+        trajs_per_batch=config.trajs_per_batch if trajs_per_batch is None else trajs_per_batch,
         max_frames_per_traj=config.max_decisions,
         max_context_draws=config.max_context_draws if max_context_draws is None else max_context_draws,
         dynamic_sampling=config.dynamic_sampling,
         keep_in_flight=config.keep_in_flight,
         max_staleness=config.max_staleness,
+        lockstep=config.lockstep,
         seed=config.seed,
         worker_idx=worker_idx,
     ).set_keys(sampled_action=sampled_action_key)
@@ -138,7 +148,7 @@ def make_ript_trainer(
     (default) or the sampling policy (``ExplorationType.RANDOM``).
     ``collector`` replaces the default ``GroupCollector`` over ``env`` (e.g.
     Ray workers or a DDP rank's share, from
-    :func:`torchrl_ript.trainers.ddp.make_collector`); ``distributed`` is the
+    :func:`make_collector`); ``distributed`` is the
     rank's :class:`~torchrl_ript.trainers.ddp.DistributedContext` under
     ``torchrun``.
     """
@@ -161,7 +171,7 @@ def make_ript_trainer(
         def evaluate():
             return evaluate_success(
                 eval_env, policy, eval_contexts, horizon=config.max_decisions,
-                exploration_type=eval_exploration_type, progress=progress,
+                exploration_type=eval_exploration_type, lockstep=config.lockstep, progress=progress,
             )
 
     if checkpoint_dir is not None and (distributed is None or distributed.is_main):
@@ -185,3 +195,136 @@ def make_ript_trainer(
         config=config.as_dict(),
         distributed=distributed,
     )
+
+
+# -- the collector switch of the examples -----------------------------------------
+#: keys of an example's ``collector:`` config section
+COLLECTOR_DEFAULTS = {
+    "backend": "local",  # local | ray
+    "num_workers": 2,  # Ray rollout workers (backend=ray)
+    "ray_address": None,  # an existing cluster ("auto", "ip:6379"); default: start a local one
+    "envs_per_worker": None,  # env slots per Ray worker; default: K (one group at a time)
+    "cpus_per_worker": 1,
+    "gpus_per_worker": 0,
+    "max_policy_lag": 0,  # 0: on-policy batches; 1: workers keep collecting during the update
+    "ddp_collect": None,  # under torchrun: per_rank (local default) | rank0 (ray default)
+}
+
+
+def make_collector(
+    config,
+    options: Mapping | None,
+    *,
+    env_fn,
+    policy,
+    train_contexts,
+    sampled_action_key: str = "action",
+    parallel: bool = True,
+    distributed: DistributedContext | None = None,
+):
+    """The collector an example's ``collector:`` section asks for, or ``None``.
+
+    ``None`` means "the default": ``backend="local"`` in one process, where
+    :func:`make_ript_trainer` builds its
+    :class:`~torchrl_ript.collectors.GroupCollector` over the example's env
+    pool as before. ``backend="ray"`` gives a
+    :class:`~torchrl_ript.collectors.RayGroupCollector` with ``num_workers``
+    remote GroupCollectors, each over ``envs_per_worker`` (default K) copies
+    of ``env_fn`` in a :func:`make_batched_env`
+    pool (processes when ``parallel``, as rendering envs need). Under ``torchrun``
+    (``distributed`` given) the collector is wrapped in a
+    :class:`~torchrl_ript.trainers.ddp.RankCollector`: with ``ddp_collect="per_rank"`` each rank collects
+    ``B / G`` rollouts with its own seed (``config.num_envs`` env slots per
+    rank), with ``"rank0"`` rank 0 collects all B and scatters. See
+    :data:`COLLECTOR_DEFAULTS` for the options.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl_ript import ContextDataset, ContextToyVLAEnv
+        >>> from torchrl_ript.config import RIPTConfig
+        >>> from torchrl_ript.modules.toy_policies import toy_laplace_actor
+        >>> actor, _ = toy_laplace_actor()
+        >>> contexts = ContextDataset(torch.rand(8, 2) - 0.5, [0] * 8, ["track"], seed=0)
+        >>> config = RIPTConfig(group_size=4, trajs_per_batch=8, minibatch_size=4, num_envs=4,
+        ...                     max_decisions=3)
+        >>> make_collector(config, {"backend": "local"}, env_fn=ContextToyVLAEnv, policy=actor,
+        ...                train_contexts=contexts) is None  # the default collector
+        True
+        >>> from torchrl_ript.trainers.ddp import DistributedContext
+        >>> ctx = DistributedContext(rank=0, world_size=1)  # a 1-rank "torchrun" job
+        >>> collector = make_collector(config, {"backend": "local"}, env_fn=ContextToyVLAEnv,
+        ...                            policy=actor, train_contexts=contexts, parallel=False,
+        ...                            distributed=ctx)
+        >>> type(collector.collector).__name__, collector.collector.trajs_per_batch
+        ('GroupCollector', 8)
+        >>> batch = next(iter(collector))
+        >>> batch.shape, collector.last_stats.rollouts_kept
+        (torch.Size([8]), 8)
+        >>> collector.shutdown()
+    """
+    opts = dict(COLLECTOR_DEFAULTS)
+    unknown = set(options or {}) - set(opts)
+    if unknown:
+        raise KeyError(f"unknown collector options {sorted(unknown)}; valid: {sorted(opts)}.")
+    opts.update(dict((options or {}).items()))
+    backend = opts["backend"]
+    if backend not in ("local", "ray"):
+        raise ValueError(f"collector.backend must be 'local' or 'ray', got {backend!r}.")
+    world = distributed.world_size if distributed is not None else 1
+    rank = distributed.rank if distributed is not None else 0
+    mode = opts["ddp_collect"] or ("rank0" if backend == "ray" else "per_rank")
+    if mode not in ("per_rank", "rank0"):
+        raise ValueError(f"collector.ddp_collect must be 'per_rank' or 'rank0', got {mode!r}.")
+    K, B = config.group_size, config.trajs_per_batch
+    per_rank = distributed is not None and mode == "per_rank"
+    if per_rank and B % (world * K):
+        raise ValueError(
+            f"ript.trajs_per_batch={B} must split into {world} ranks of whole groups of K={K}: "
+            f"use a multiple of {world * K} (e.g. {world * K * max(1, B // (world * K))})."
+        )
+    if distributed is not None and config.minibatch_size % world:
+        raise ValueError(
+            f"ript.minibatch_size={config.minibatch_size} (rows per gradient step, all ranks "
+            f"together) must be a multiple of the {world} ranks."
+        )
+    if backend == "local" and distributed is None:
+        return None
+    batch = B // world if per_rank else B
+    seed = config.seed
+    collector = None
+    if backend == "local" and (per_rank or rank == 0):
+        draws = config.max_context_draws
+        if per_rank and draws is not None:
+            draws = max(batch // K, draws // world)
+        collector = make_group_collector(
+            config, make_batched_env(env_fn, config.num_envs, parallel=parallel), policy, train_contexts,
+            sampled_action_key=sampled_action_key, trajs_per_batch=batch, max_context_draws=draws,
+            # under DDP, the rank is the worker index: own context stream, disjoint group ids
+            worker_idx=rank if per_rank else None,
+        )
+    elif backend == "ray" and (per_rank or rank == 0):
+        envs = opts["envs_per_worker"] or K
+        workers = int(opts["num_workers"])
+        cpus = opts["cpus_per_worker"]
+        collector = RayGroupCollector(
+            # the example's own kind of env pool (rendering envs need processes)
+            partial(make_batched_env, env_fn, envs, parallel=parallel),
+            policy,
+            context_dataset=train_contexts,
+            group_size=K,
+            trajs_per_batch=batch,
+            max_frames_per_traj=config.max_decisions,
+            max_context_draws=config.max_context_draws,
+            dynamic_sampling=config.dynamic_sampling,
+            lockstep=config.lockstep,
+            num_workers=workers,
+            seed=seed,
+            ray_address=opts["ray_address"],
+            num_cpus_per_worker=cpus,
+            num_gpus_per_worker=opts["gpus_per_worker"] or None,
+            max_policy_lag=int(opts["max_policy_lag"]),
+            stream_offset=rank * 1024,  # per_rank: each rank's workers own their streams and ids
+        ).set_keys(sampled_action=sampled_action_key)
+    if distributed is None:
+        return collector
+    return RankCollector(collector, distributed, mode=mode)

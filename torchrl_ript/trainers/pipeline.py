@@ -10,8 +10,6 @@ what they do with a policy is the same and lives here:
   head);
 * :func:`load_or_pretrain`: the pretrain stage, multitask SFT on source tasks
   (:func:`train_sft`), saved as the checkpoint the target SFT starts from;
-* :func:`attach_outcome_feed`: let an adaptive context sampler see every
-  finished rollout of a collector;
 * :func:`collection_summary`: informative-group rate and env steps per
   informative group of a RIPT run.
 """
@@ -31,7 +29,7 @@ from torchrl.modules import ProbabilisticActor
 
 from torchrl_ript.config import RIPTConfig
 from torchrl_ript.data.demos import DemoFile
-from torchrl_ript.data.samplers import AdaptiveSampler, ContextOutcomeFeed, make_sampler
+from torchrl_ript.data.samplers import AdaptiveSampler, make_sampler
 from torchrl_ript.models.checkpoint import load_policy, save_policy
 from torchrl_ript.models.common import EncoderConfig
 from torchrl_ript.models.regression_policy import RegressionPolicy, make_regression_actor, regression_config
@@ -48,7 +46,6 @@ __all__ = [
     "finetune_sft",
     "load_or_train_policy",
     "load_or_pretrain",
-    "attach_outcome_feed",
     "collection_summary",
     "context_sampler",
     "paired_results",
@@ -367,25 +364,6 @@ def load_or_pretrain(
     save_to.parent.mkdir(parents=True, exist_ok=True)
     save_policy(bundle.network, save_to, extra={"pretrain": {k: v[-1:] for k, v in history.items()}})
     return save_to, {"pretrain_s": time.perf_counter() - start, "history": history, "saved": str(save_to)}
-
-
-def attach_outcome_feed(collector, contexts=None):
-    """Report every rollout a collector finishes to its context dataset's sampler.
-
-    Appends a :class:`~torchrl_ript.data.samplers.ContextOutcomeFeed` to the
-    collector's replay buffer (last, so it sees each trajectory before dynamic
-    sampling drops uniform groups). Needed by ``sampler="adaptive"``;
-    harmless otherwise. Returns the collector.
-    """
-    if not hasattr(collector, "replay_buffer_with_transforms"):
-        raise TypeError(
-            f"{type(collector).__name__} has no local replay buffer to watch: the adaptive context "
-            "sampler needs the in-process GroupCollector (collector.backend=local), or use "
-            "contexts.sampler=uniform / per_task."
-        )
-    contexts = collector.context_dataset if contexts is None else contexts
-    collector.replay_buffer_with_transforms.append_transform(ContextOutcomeFeed(contexts))
-    return collector
 
 
 def context_sampler(name: str, *, group_size: int, explore: float = 0.2):

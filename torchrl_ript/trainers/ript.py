@@ -31,6 +31,13 @@ __all__ = ["RIPTTrainer", "CheckpointError"]
 _CHECKPOINT_FORMAT = "torchrl_ript.RIPTTrainer/1"
 # settings a resumed run may change (the rest must match the checkpoint)
 _RESUMABLE_CHANGES = {"num_steps", "eval_every", "num_envs"}
+# the loss outputs averaged into each step's record
+_TRAIN_STATS = {
+    "loss_objective": "train/loss",
+    "clip_fraction": "train/clip_fraction",
+    "kl_approx": "train/kl_approx",
+    "support_exit_fraction": "train/support_exit_fraction",
+}
 
 
 class CheckpointError(RuntimeError):
@@ -71,14 +78,18 @@ class RIPTTrainer:
             ``RIPTConfig.as_dict()``), stored in checkpoints; :meth:`resume`
             refuses a checkpoint written with other values (except
             ``num_steps``, ``eval_every``, ``num_envs``).
-        distributed (DistributedContext, optional): this rank of a
-            ``torchrun`` job (:func:`~torchrl_ript.trainers.ddp.init_distributed`).
+        distributed (optional): the data-parallel hook, this rank of a
+            ``torchrun`` job: a :class:`~torchrl_ript.trainers.ddp.DistributedContext`
+            (:func:`~torchrl_ript.trainers.ddp.init_distributed`) or any object
+            with its ``rank``, ``world_size``, ``is_main``,
+            ``all_gather_object``, ``broadcast_object``, ``broadcast_module``,
+            ``share_weight`` and ``all_reduce_gradients(params, weight=)``.
             The collector yields this rank's share of each batch (see
-            :class:`~torchrl_ript.trainers.ddp.RankCollector`); each gradient
-            step uses ``minibatch_size / world_size`` rows per rank and
-            gradients averaged over ranks; rank 0 evaluates, logs and writes
-            checkpoints; :meth:`save` and :meth:`resume` must be called on
-            every rank.
+            :class:`~torchrl_ript.trainers.ddp.RankCollector`); the same update
+            loop then takes ``minibatch_size / world_size`` rows per rank per
+            gradient step and reduces the gradients through the hook; rank 0
+            evaluates, logs and writes checkpoints; :meth:`save` and
+            :meth:`resume` must be called on every rank.
 
     Examples:
         >>> import torch
@@ -234,54 +245,68 @@ class RIPTTrainer:
         return line + "."
 
     def _optimise(self, batch: TensorDictBase) -> dict:
-        n = batch.shape[0] if batch.batch_dims else 0
-        if self.distributed is not None:
-            from torchrl_ript.trainers.ddp import optimise_distributed
+        """The PPO epochs over this process's rows of the batch (the one update loop).
 
-            return optimise_distributed(self, batch)
-        if n == 0:
-            stats = getattr(self.collector, "last_stats", None)
-            detail = (
-                f" ({stats.contexts_drawn} contexts drawn: {stats.groups_all_failure} groups "
-                f"all failed, {stats.groups_all_success} all succeeded)"
-                if stats is not None
-                else ""
-            )
-            tqdm.write(
-                f"RIPT step {self.step + 1}: dynamic sampling found no informative group"
-                f"{detail}; nothing to learn from: no update, the schedule does not advance."
-            )
+        In one process: ``ppo_epochs`` passes of shuffled minibatches of
+        ``minibatch_size`` rows. Under ``distributed`` every rank takes the
+        same number of gradient steps on ``minibatch_size / world_size`` of
+        its own rows, and the hook's ``all_reduce_gradients`` averages each
+        step's gradients weighted by rows (:meth:`DistributedContext.share_weight`),
+        so a rank short of rows still gives the global-mean gradient and every
+        rank applies the same update.
+        """
+        sync = self.distributed
+        n = batch.shape[0] if batch.batch_dims else 0
+        rows = [n] if sync is None else sync.all_gather_object(n)
+        if sum(rows) == 0:
+            if self.is_main:
+                stats = getattr(self.collector, "last_stats", None)
+                detail = (
+                    f" ({stats.contexts_drawn} contexts drawn: {stats.groups_all_failure} groups "
+                    f"all failed, {stats.groups_all_success} all succeeded)"
+                    if stats is not None
+                    else ""
+                )
+                where = "" if sync is None else " on any rank"
+                tqdm.write(
+                    f"RIPT step {self.step + 1}: dynamic sampling found no informative group{where}"
+                    f"{detail}; nothing to learn from: no update, the schedule does not advance."
+                )
             return {"train/skipped": 1, "train/batch": 0}
-        losses, clips, kls, norms, exits = [], [], [], [], []
+        local_minibatch = self.minibatch_size // (1 if sync is None else sync.world_size)
+        steps = max(-(-r // local_minibatch) for r in rows)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        values: dict[str, list[float]] = {key: [] for key in _TRAIN_STATS.values()}
+        norms = []
         for _ in range(self.ppo_epochs):
             order = torch.randperm(n, generator=self._shuffle)
-            for start in range(0, n, self.minibatch_size):
-                minibatch = batch[order[start : start + self.minibatch_size]]
-                out = self.loss(minibatch)
-                loss = out["loss_objective"]
+            for step in range(steps):
+                start = step * local_minibatch
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                if start < n:
+                    out = self.loss(batch[order[start : start + local_minibatch]])
+                    out["loss_objective"].backward()
+                    for out_key, name in _TRAIN_STATS.items():
+                        if out_key in out.keys():
+                            values[name].append(float(out[out_key].detach()))
+                if sync is not None:  # every rank, even one without rows this step
+                    sizes = [max(0, min(local_minibatch, r - start)) for r in rows]
+                    sync.all_reduce_gradients(params, weight=sync.share_weight(sizes[sync.rank], sizes))
                 if self.max_grad_norm is not None:
-                    norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
-                    norms.append(float(norm))
+                    norms.append(float(torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)))
                 self.optimizer.step()
-                losses.append(float(loss.detach()))
-                clips.append(float(out["clip_fraction"]))
-                kls.append(float(out["kl_approx"]))
-                if "support_exit_fraction" in out.keys():
-                    exits.append(float(out["support_exit_fraction"]))
-        record = {
-            "train/loss": float(np.mean(losses)),
-            "train/clip_fraction": float(np.mean(clips)),
-            "train/kl_approx": float(np.mean(kls)),
-            "train/batch": n,
-            "train/skipped": 0,
-        }
+        means = {name: float(np.mean(v)) for name, v in values.items() if v}
+        if sync is not None:  # averaged over the ranks that had rows (a rank with none reports nothing)
+            gathered = sync.all_gather_object(means)
+            means = {name: float(np.mean([g[name] for g in gathered if name in g]))
+                     for name in _TRAIN_STATS.values() if any(name in g for g in gathered)}
+        record = {name: means[name] for name in ("train/loss", "train/clip_fraction", "train/kl_approx")
+                  if name in means}
+        record.update({"train/batch": sum(rows), "train/skipped": 0})
         if norms:
             record["train/grad_norm"] = float(np.mean(norms))
-        if exits:  # top-k sampling: how often a sampled token left the updated top-k
-            record["train/support_exit_fraction"] = float(np.mean(exits))
+        if "train/support_exit_fraction" in means:  # top-k sampling: sampled tokens that left the top-k
+            record["train/support_exit_fraction"] = means["train/support_exit_fraction"]
         return record
 
     def _evaluate(self) -> dict:
@@ -331,10 +356,8 @@ class RIPTTrainer:
                 "shuffle": self._shuffle.get_state(),
             },
         }
-        if isinstance(self.collector, GroupCollector):
+        if hasattr(self.collector, "state_dict"):  # the context stream(s); collective under DDP
             state["collector"] = self.collector.state_dict()
-        elif hasattr(self.collector, "context_state_dict"):  # Ray workers, DDP ranks
-            state["collector_state"] = self.collector.context_state_dict()
         if self.distributed is not None:  # collective: each rank's own RNG streams
             state["rng_per_rank"] = self.distributed.all_gather_object(state["rng"])
         state["format"] = _CHECKPOINT_FORMAT
@@ -360,10 +383,8 @@ class RIPTTrainer:
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
         self._shuffle.set_state(rng["shuffle"])
-        if "collector" in state and isinstance(self.collector, GroupCollector):
+        if "collector" in state and hasattr(self.collector, "load_state_dict"):
             self.collector.load_state_dict(state["collector"])
-        if "collector_state" in state and hasattr(self.collector, "load_context_state_dict"):
-            self.collector.load_context_state_dict(state["collector_state"])
 
     def save(self, path: str | Path) -> Path:
         """Write the checkpoint atomically (write a temporary file, then rename):

@@ -2,15 +2,15 @@
 
 Both work on write (``ReplayBuffer.extend`` calls their ``inv``), on
 trajectory rows (``batch_size [N]``, one row per rollout, the trajectory
-reward under ``reward_key``), and hold partial groups until all K members
-have arrived, like TorchRL's :class:`~torchrl.objectives.llm.MCAdvantage`.
-
-Order does not matter. TorchRL runs write-side transforms in *reverse*
-append order, so a filter appended after the advantage runs first and sees
-no advantage yet. The filter then judges groups by their rewards (a group's
-leave-one-out advantages are all zero exactly when its rewards are all
-equal), queueing partial groups the same way; the advantage transform then
-receives only complete, informative groups. Either order writes the same rows.
+reward under ``reward_key``). A group is judged once, in one pass:
+:class:`RLOOAdvantage` holds partial groups until all K members have
+arrived (like TorchRL's :class:`~torchrl.objectives.llm.MCAdvantage`) and
+writes complete groups with their advantages; :class:`ZeroAdvantageFilter`
+then drops the groups whose advantages are all zero (all rewards equal) and
+counts them. The filter needs the advantages, so it must run *after* the
+advantage on the write path: a replay buffer runs write-side transforms in
+reverse order of appending, so append the filter first
+(:func:`~torchrl_ript.collectors.make_ript_replay_buffer` does).
 
 Why not TorchRL's :class:`~torchrl.objectives.llm.MCAdvantage`, which queues
 groups the same way: it writes group-*normalised* advantages
@@ -20,13 +20,12 @@ and its dynamic sampling must report which groups it dropped and why.
 """
 from __future__ import annotations
 
-import weakref
 from collections import OrderedDict
 
 import torch
 from tensordict import TensorDictBase, lazy_stack
 from tensordict.utils import NestedKey
-from torchrl.envs.transforms import Compose, Transform
+from torchrl.envs.transforms import Transform
 
 from torchrl_ript.config import check_group_sizes
 
@@ -122,11 +121,12 @@ class RLOOAdvantage(Transform):
         ...                 reward=torch.tensor([1.0, 0, 0, 0]), batch_size=[4])
         >>> rloo.inv(td)["advantage"].squeeze(-1)
         tensor([ 1.0000, -0.3333, -0.3333, -0.3333])
-        >>> # on a replay buffer, with the zero-advantage filter (either order)
+        >>> # on a replay buffer with the zero-advantage filter (write-side transforms
+        >>> # run in reverse order of appending: the filter judges the advantages)
         >>> from torchrl.data import LazyTensorStorage, ReplayBuffer
         >>> rb = ReplayBuffer(storage=LazyTensorStorage(16))
-        >>> rb = rb.append_transform(RLOOAdvantage(2))
         >>> rb = rb.append_transform(ZeroAdvantageFilter())
+        >>> rb = rb.append_transform(RLOOAdvantage(2))
         >>> _ = rb.extend(TensorDict(group_id=torch.tensor([0, 0, 1, 1]),
         ...                          reward=torch.tensor([1.0, 1, 1, 0]), batch_size=[4]))
         >>> len(rb)  # group 0 (all successes) was dropped
@@ -188,19 +188,22 @@ class ZeroAdvantageFilter(Transform):
 
     Groups whose K rollouts all succeeded or all failed carry no gradient
     (Section 4.2); dropping them keeps every PPO minibatch full of signal.
-    Kept groups pass untouched. Counters: ``dropped_all_success``,
-    ``dropped_all_failure`` (rewards all > 0 / all <= 0), ``kept_groups``.
+    Kept groups pass untouched. This is the one place where a group is judged
+    uniform: its counters ``dropped_all_success``, ``dropped_all_failure``
+    (rewards all > 0 / all <= 0) and ``kept_groups`` are what
+    :class:`~torchrl_ript.collectors.GroupCollector` reports. With
+    ``drop=False`` it only counts (dynamic sampling off, the paper's ablation).
 
-    When the data has no advantage yet (the filter runs before
-    :class:`RLOOAdvantage` on the write path), it queues rows until their
-    group is complete and tests reward equality instead; it takes K from
-    ``group_size`` or from an :class:`RLOOAdvantage` on the same buffer.
+    It judges complete groups with advantages, as :class:`RLOOAdvantage`
+    writes them: on a replay buffer, append it *before* the advantage
+    (write-side transforms run in reverse order of appending).
 
     Keyword Args:
         group_key (NestedKey): defaults to ``"group_id"``.
         advantage_key (NestedKey): defaults to ``"advantage"``.
         reward_key (NestedKey): defaults to ``"reward"``.
-        group_size (int, optional): K, needed only without an RLOOAdvantage.
+        drop (bool): drop uniform groups (``False``: count them, keep all).
+            Defaults to True.
         atol (float): advantages with ``|A| <= atol`` count as zero.
 
     Examples:
@@ -220,18 +223,15 @@ class ZeroAdvantageFilter(Transform):
         group_key: NestedKey = "group_id",
         advantage_key: NestedKey = "advantage",
         reward_key: NestedKey = "reward",
-        group_size: int | None = None,
+        drop: bool = True,
         atol: float = 1e-6,
     ) -> None:
         super().__init__(in_keys=[], out_keys=[])
-        if group_size is not None:
-            check_group_sizes(group_size)
         self.group_key = group_key
         self.advantage_key = advantage_key
         self.reward_key = reward_key
-        self.group_size = None if group_size is None else int(group_size)
+        self.drop = bool(drop)
         self.atol = float(atol)
-        self._queue = _GroupQueue(group_key)
         self.reset_counters()
 
     def reset_counters(self) -> None:
@@ -243,84 +243,41 @@ class ZeroAdvantageFilter(Transform):
     def dropped_groups(self) -> int:
         return self.dropped_all_success + self.dropped_all_failure
 
-    @property
-    def num_pending(self) -> int:
-        return len(self._queue)
-
-    def clear_pending(self) -> None:
-        self._queue.clear()
-
-    def set_container(self, container) -> None:
-        # remember the Compose this filter sits in (a replay buffer's transforms):
-        # its RLOOAdvantage gives K when the filter runs first on the write path
-        super().set_container(container)
-        self.__dict__["_siblings"] = weakref.ref(container) if isinstance(container, Compose) else None
-
-    def reset_parent(self) -> None:
-        super().reset_parent()
-        self.__dict__["_siblings"] = None
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        siblings = state.get("_siblings")
-        state["_siblings"] = siblings() if siblings is not None else None  # weakrefs do not pickle
-        return state
-
-    def __setstate__(self, state):
-        siblings = state.get("_siblings")
-        state["_siblings"] = weakref.ref(siblings) if siblings is not None else None
-        super().__setstate__(state)
-
-    def _resolve_group_size(self) -> int:
-        if self.group_size is not None:
-            return self.group_size
-        siblings = self.__dict__.get("_siblings")
-        compose = siblings() if siblings is not None else None
-        if compose is not None:
-            for transform in compose.transforms:
-                if isinstance(transform, RLOOAdvantage):
-                    return transform.group_size
-        raise RuntimeError(
-            f"ZeroAdvantageFilter got data without {self.advantage_key!r} and does "
-            "not know the group size: append an RLOOAdvantage to the same replay "
-            "buffer, or pass ZeroAdvantageFilter(group_size=K)."
-        )
-
     def _keep(self, group: TensorDictBase) -> bool:
         rewards = _trajectory_rewards(group, self.reward_key)
-        advantage = group.get(self.advantage_key, None)
-        if advantage is not None:
-            informative = bool((advantage.abs() > self.atol).any())
-        else:
-            informative = bool((rewards != rewards[0]).any())
+        informative = bool((group.get(self.advantage_key).abs() > self.atol).any())
         if informative:
             self.kept_groups += 1
         elif bool((rewards > 0).all()):
             self.dropped_all_success += 1
         else:
             self.dropped_all_failure += 1
-        return informative
+        return informative or not self.drop
 
     def _inv_call(self, tensordict: TensorDictBase | None) -> TensorDictBase | None:
         if tensordict is None or tensordict.numel() == 0:
             return None
-        if self.advantage_key in tensordict.keys(include_nested=True):
-            groups = _split_groups(tensordict, self.group_key)
-        else:
-            groups = self._queue.push(tensordict, self._resolve_group_size())
-        return _cat([group for group in groups if self._keep(group)])
+        if self.advantage_key not in tensordict.keys(include_nested=True):
+            raise KeyError(
+                f"ZeroAdvantageFilter got rows without {self.advantage_key!r}: it judges the "
+                "advantages of complete groups, so it must run after the advantage transform. A "
+                "replay buffer runs write-side transforms in reverse order of appending: append "
+                "ZeroAdvantageFilter *before* RLOOAdvantage (or use make_ript_replay_buffer)."
+            )
+        return _cat([group for group in _split_groups(tensordict, self.group_key) if self._keep(group)])
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         return tensordict
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(kept={self.kept_groups}, "
+            f"{type(self).__name__}(drop={self.drop}, kept={self.kept_groups}, "
             f"dropped_all_success={self.dropped_all_success}, "
             f"dropped_all_failure={self.dropped_all_failure})"
         )
 
 
 def _split_groups(tensordict: TensorDictBase, group_key: NestedKey) -> list[TensorDictBase]:
+    """The rows of each group, groups in order of first appearance (the write order)."""
     ids = tensordict.get(group_key).reshape(tensordict.shape[0], -1)[:, 0]
-    return [tensordict[ids == group] for group in torch.unique(ids, sorted=False)]
+    return [tensordict[ids == group] for group in dict.fromkeys(ids.tolist())]
