@@ -258,7 +258,7 @@ def make_stock_libero_env(suite: str, task_id: int, *, image_size: int, wrist: b
     from torchrl.envs.libs.libero import LiberoEnv
     from torchrl.envs.transforms import MultiAction
 
-    from torchrl_ript.envs.libero_setup import ensure_libero
+    from torchrl_ript.envs.libero.setup import ensure_libero
 
     ensure_libero()  # LIBERO's config file and assets (installation, not speed)
     env = LiberoEnv(suite, task_id, camera_height=image_size, camera_width=image_size,
@@ -269,7 +269,7 @@ def make_stock_libero_env(suite: str, task_id: int, *, image_size: int, wrist: b
 
 def make_contexts(args, n: int):
     if args.env == "libero":
-        from torchrl_ript.envs.libero_contexts import libero_contexts
+        from torchrl_ript.envs.libero.contexts import libero_contexts
 
         return libero_contexts(args.suite, task_ids=[args.task_id], seed=0)
     from torchrl_ript.envs.metaworld import metaworld_contexts

@@ -12,7 +12,7 @@ mkdir -p benchmarks/results
 : > "$out"
 run() {  # suite, number of starts, task ids...
     local suite=$1 n=$2; shift 2
-    python -m torchrl_ript.envs.libero_demos --suite "$suite" --measure --starts $(seq 0 $((n - 1))) \
+    python -m torchrl_ript.envs.libero.experts --suite "$suite" --measure --starts $(seq 0 $((n - 1))) \
         --tasks "$@" | grep '^{' | tee -a "$out"
 }
 echo "start $(date -Is) load: $(uptime)"

@@ -43,7 +43,7 @@ SETTINGS = {
 
 
 def run(name: str, kwargs: dict, *, actions: int, suite: str, task: int, profile: bool) -> dict:
-    from torchrl_ript.envs.libero_contexts import libero_contexts
+    from torchrl_ript.envs.libero.contexts import libero_contexts
     from torchrl_ript.envs.common import context_reset_td
     from torchrl_ript.envs.libero import LiberoContextEnv
 

@@ -16,7 +16,7 @@
 #   constraints file (torch==2.13.0, mujoco==3.3.0) plus the numpy already here,
 #   so pip never replaces torch, mujoco or numpy.
 # - The config file and asset link are written at run time by
-#   torchrl_ript.envs.libero_setup.ensure_libero() (before libero is imported);
+#   torchrl_ript.envs.libero.setup.ensure_libero() (before libero is imported);
 #   this script calls it once at the end as a smoke test.
 # Nothing prompts; the only network used is the package registry.
 set -euo pipefail
@@ -60,7 +60,7 @@ fi
 
 setup_libero() {
     # Writes LIBERO's config, links the assets, imports libero (no prompt).
-    (cd "$ROOT" && "$PYTHON" -c "from torchrl_ript.envs.libero_setup import ensure_libero; ensure_libero(); import libero.libero.envs; print('LIBERO ready:', ensure_libero()['assets'])")
+    (cd "$ROOT" && "$PYTHON" -c "from torchrl_ript.envs.libero.setup import ensure_libero; ensure_libero(); import libero.libero.envs; print('LIBERO ready:', ensure_libero()['assets'])")
 }
 
 if installed >/dev/null 2>&1; then

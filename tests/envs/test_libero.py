@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from torchrl_ript.envs.libero_setup import libero_available
+from torchrl_ript.envs.libero.setup import libero_available
 
 pytestmark = pytest.mark.skipif(
     not libero_available(),
@@ -24,7 +24,7 @@ OBS_KEYS = [("observation", "image"), ("observation", "wrist_image"), ("observat
 
 
 def _contexts(suite=SUITE, task=TASK):
-    from torchrl_ript.envs.libero_contexts import libero_contexts
+    from torchrl_ript.envs.libero.contexts import libero_contexts
 
     return libero_contexts(suite, task_ids=[task])
 
@@ -143,7 +143,7 @@ def test_time_limit_truncates(chunk_env):
 
 
 def test_contexts_all_suites():
-    from torchrl_ript.envs.libero_contexts import libero_contexts
+    from torchrl_ript.envs.libero.contexts import libero_contexts
 
     sizes = {}
     for suite, n_tasks in [("libero_spatial", 10), ("libero_object", 10), ("libero_goal", 10),
@@ -159,7 +159,7 @@ def test_contexts_all_suites():
 
 def test_demo_round_trip(env, tmp_path):
     from torchrl_ript.data.demos import LIBERO_KEY_MAP, read_demos
-    from torchrl_ript.envs.libero_contexts import libero_contexts, libero_suite_tasks, write_libero_rollout_demos
+    from torchrl_ript.envs.libero import libero_contexts, libero_suite_tasks, write_libero_rollout_demos
 
     task = libero_suite_tasks(SUITE)[TASK]
     path = write_libero_rollout_demos(

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from torchrl_ript.envs.libero_setup import libero_available
+from torchrl_ript.envs.libero.setup import libero_available
 
 pytestmark = pytest.mark.skipif(
     not libero_available(),
@@ -32,14 +32,14 @@ def env():
 
 @pytest.fixture(scope="module")
 def start_state():
-    from torchrl_ript.envs.libero_contexts import libero_contexts
+    from torchrl_ript.envs.libero.contexts import libero_contexts
 
     contexts = libero_contexts(SUITE, task_ids=[TASK])
     return contexts.states[contexts.task_contexts(TASK)[START]]
 
 
 def test_expert_succeeds_within_time_budget(env, start_state):
-    from torchrl_ript.envs.libero_demos import LiberoScriptedExpert, run_expert_episode
+    from torchrl_ript.envs.libero.experts import LiberoScriptedExpert, run_expert_episode
 
     expert = LiberoScriptedExpert(env)
     assert (expert.pick, expert.target) == ("alphabet_soup_1", "basket_1_contain_region")
@@ -56,7 +56,7 @@ def test_expert_succeeds_within_time_budget(env, start_state):
 
 
 def test_noisy_expert_differs_and_still_succeeds(env, start_state):
-    from torchrl_ript.envs.libero_demos import run_expert_episode
+    from torchrl_ript.envs.libero.experts import run_expert_episode
 
     clean = run_expert_episode(env, start_state)
     noisy = run_expert_episode(env, start_state, noise=0.1, rng=np.random.default_rng(0))
@@ -69,8 +69,8 @@ def test_demo_file_reads_back_and_replays_bitwise(env, tmp_path):
     from torchrl_ript.data.demos import LIBERO_KEY_MAP, read_demos
     from torchrl_ript.envs.common import context_reset_td
     from torchrl_ript.envs.libero import pad_state
-    from torchrl_ript.envs.libero_contexts import libero_contexts
-    from torchrl_ript.envs.libero_demos import record_libero_demos
+    from torchrl_ript.envs.libero.contexts import libero_contexts
+    from torchrl_ript.envs.libero.experts import record_libero_demos
 
     path = record_libero_demos(SUITE, TASK, 1, out=tmp_path, starts=[START], noise=0.05, progress=False, env=env)
     assert path.name == "pick_up_the_alphabet_soup_and_place_it_in_the_basket_demo.hdf5"
@@ -114,7 +114,7 @@ def test_demo_file_reads_back_and_replays_bitwise(env, tmp_path):
 
 def test_uncovered_task_raises_clear_error():
     from torchrl_ript.envs.libero import LiberoContextEnv
-    from torchrl_ript.envs.libero_demos import LiberoScriptedExpert, expert_supports
+    from torchrl_ript.envs.libero.experts import LiberoScriptedExpert, expert_supports
 
     env = LiberoContextEnv("libero_goal", 0, camera_size=32, wrist_camera=False)  # open the middle drawer
     try:
@@ -127,8 +127,8 @@ def test_uncovered_task_raises_clear_error():
 
 def test_fresh_starts_seeded_new_and_fixture_checked(env):
     from torchrl_ript.envs.libero import LiberoContextEnv
-    from torchrl_ript.envs.libero_contexts import libero_contexts, sample_libero_starts
-    from torchrl_ript.envs.libero_demos import run_expert_episode
+    from torchrl_ript.envs.libero.contexts import libero_contexts, sample_libero_starts
+    from torchrl_ript.envs.libero.experts import run_expert_episode
 
     a, b = sample_libero_starts(SUITE, TASK, 2, seed=0, env=env)
     again = sample_libero_starts(SUITE, TASK, 1, seed=0, env=env)[0]

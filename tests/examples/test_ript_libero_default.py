@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from torchrl_ript.envs.libero_setup import libero_available
+from torchrl_ript.envs.libero.setup import libero_available
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 SCRIPT = EXAMPLES / "ript_libero.py"

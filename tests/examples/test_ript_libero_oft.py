@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from torchrl_ript.envs.libero_setup import libero_available
+from torchrl_ript.envs.libero.setup import libero_available
 
 pytest.importorskip("transformers")
 pytest.importorskip("peft")

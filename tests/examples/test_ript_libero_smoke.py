@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from torchrl_ript.envs.libero_setup import libero_available
+from torchrl_ript.envs.libero.setup import libero_available
 
 pytestmark = pytest.mark.skipif(
     not libero_available(),

@@ -14,8 +14,8 @@ from torchrl.envs.custom.vla import ToyVLAEnv
 
 from torchrl_ript import ContextDataset, ContextToyVLAEnv, GroupCollector, read_demos
 from torchrl_ript.config import ConfigError, RIPTConfig, validate_ript_config
-from torchrl_ript.envs.libero_contexts import libero_contexts
-from torchrl_ript.envs.libero_factory import libero_env_fn
+from torchrl_ript.envs.libero.contexts import libero_contexts
+from torchrl_ript.envs.libero.factory import libero_env_fn
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "core"))
 from core_helpers import laplace_actor  # noqa: E402

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 
+from torchrl_ript.data.demos import read_demo_starts
 from torchrl_ript.data.samplers import SAMPLERS, ContextSampler, make_sampler
 
 __all__ = ["ContextDataset"]
@@ -230,37 +231,23 @@ class ContextDataset:
             >>> len(ds), ds.instruction(0), ds.states[1].tolist()
             (2, 'pick the cube', [1.0, 1.0, 1.0])
         """
-        import h5py
-
         if isinstance(paths, (str, Path)):
             paths = [paths]
         per_task: dict[str, list[np.ndarray]] = {}
         instructions: dict[str, str] = {}
         for path in paths:
-            path = Path(path)
-            if not path.exists():
-                raise FileNotFoundError(f"demonstration file {path} does not exist.")
-            with h5py.File(path, "r") as file:
-                if "data" not in file:
-                    raise KeyError(f"{path} has no 'data' group: not a robomimic/LIBERO demo file.")
-                data = file["data"]
-                name, instruction = _demo_task(data, path)
-                demos = sorted(data.keys(), key=_demo_index)
-                if not demos:
-                    raise ValueError(f"{path} holds no demos under 'data'.")
-                for demo in demos:
-                    group = data[demo]
-                    if "context_state" in group:
-                        state = np.asarray(group["context_state"][()], dtype=np.float64)
-                    elif state_key in group:
-                        state = np.asarray(group[state_key][0], dtype=np.float64)
-                    else:
-                        raise KeyError(
-                            f"{path}:data/{demo} has neither 'context_state' nor "
-                            f"{state_key!r}: pass state_key= naming its state dataset."
-                        )
-                    per_task.setdefault(name, []).append(state.reshape(-1))
-                instructions.setdefault(name, instruction)
+            starts = read_demo_starts(path, state_key=state_key)
+            name, instruction = _demo_task(starts.attrs, starts.path)
+            if not starts.demos:
+                raise ValueError(f"{starts.path} holds no demos under 'data'.")
+            for demo, state in zip(starts.demos, starts.states):
+                if state is None:
+                    raise KeyError(
+                        f"{starts.path}:data/{demo} has neither 'context_state' nor "
+                        f"{state_key!r}: pass state_key= naming its state dataset."
+                    )
+                per_task.setdefault(name, []).append(state)
+            instructions.setdefault(name, instruction)
         return cls.from_init_states(
             {name: _stack_states(rows) for name, rows in per_task.items()},
             instructions,
@@ -583,15 +570,9 @@ def _as_noise(noise_std, dim: int) -> torch.Tensor | None:
     return None if bool((noise == 0).all()) else noise
 
 
-def _demo_index(name: str) -> int:
-    try:
-        return int(name.rsplit("_", 1)[-1])
-    except ValueError:
-        return 0
-
-
-def _demo_task(data, path: Path) -> tuple[str, str]:
-    attrs = data.attrs
+def _demo_task(attrs, path: Path) -> tuple[str, str]:
+    # ContextDataset's own naming rule (kept as it was): the task_name attribute
+    # or the file name; read_demos also looks into problem_info for the name.
     name = attrs.get("task_name")
     instruction = attrs.get("language_instruction")
     if "problem_info" in attrs:

@@ -24,8 +24,12 @@ File layout (one file per task, as LIBERO's datasets)::
         demo_1/ ...
 
 Step ``t`` holds the observation *before* action ``t`` (robomimic's
-convention). :meth:`~torchrl_ript.data.ContextDataset.from_demonstrations`
-reads the contexts of such files.
+convention). Every reader of such files goes through this module:
+:func:`read_demos` reads whole demos, :func:`read_demo_starts` only each
+demo's start (its ``context_state``, else its first state) and the ``data``
+attributes (what :meth:`~torchrl_ript.data.ContextDataset.from_demonstrations`
+and :func:`~torchrl_ript.envs.libero.libero_contexts` build contexts from),
+:func:`read_demo_attrs` only those attributes.
 
 Reading maps file observation names to TorchRL's canonical VLA keys with a
 key map; several file names mapped to one key are concatenated on the last
@@ -49,20 +53,26 @@ Examples:
 """
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 from tensordict import TensorDict
+from torchrl.envs.transforms import ActionChunkTransform
 
 __all__ = [
     "DemoFile",
+    "DemoStarts",
     "DemoWriter",
     "LIBERO_KEY_MAP",
     "demos_to_bc_dataset",
+    "read_demo_attrs",
+    "read_demo_starts",
     "read_demos",
 ]
 
@@ -106,8 +116,6 @@ class DemoWriter:
         env_args: dict | None = None,
         compression: str | None = "gzip",
     ) -> None:
-        import h5py
-
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.compression = compression
@@ -252,31 +260,82 @@ def read_demos(
     Examples:
         >>> # see the module docstring for a round trip
     """
-    import h5py
-
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"demonstration file {path} does not exist.")
     demos, contexts = [], []
-    with h5py.File(path, "r") as file:
-        if "data" not in file:
-            raise KeyError(f"{path} has no 'data' group: not a robomimic/LIBERO demo file.")
-        data = file["data"]
-        task_name, instruction = _task_attrs(data, path)
+    with _demo_data(path) as data:
+        task_name, instruction = _task_attrs(data.attrs, path)
         env_args = json.loads(data.attrs["env_args"]) if "env_args" in data.attrs else {}
-        for demo in sorted(data.keys(), key=_demo_index):
+        for demo in _demo_names(data):
             group = data[demo]
             demos.append(_read_demo(group, key_map, f"{path}:data/{demo}", rotate_images_180))
-            if "context_state" in group:
-                contexts.append(np.asarray(group["context_state"][()], dtype=np.float64).reshape(-1))
-            elif "states" in group:
-                contexts.append(np.asarray(group["states"][0], dtype=np.float64).reshape(-1))
+            contexts.append(_first_state(group))
     if not demos:
         raise ValueError(f"{path} holds no demos under 'data'.")
     context = (
-        torch.from_numpy(np.stack(contexts)) if len(contexts) == len(demos) else None
+        torch.from_numpy(np.stack(contexts)) if all(c is not None for c in contexts) else None
     )
     return DemoFile(demos, context, task_name, instruction, path, env_args)
+
+
+@dataclass
+class DemoStarts:
+    """Where each demo of one file starts, and the file's metadata (no observations read).
+
+    Attributes:
+        path: the file read.
+        attrs: the attributes of its ``data`` group (``task_name``,
+            ``language_instruction``, ``problem_info``, ``env_args``, ...).
+        demos: the demo group names, in index order (``demo_0``, ``demo_1``, ...).
+        states: per demo, its ``context_state`` if stored, else the first row
+            of its state dataset, flattened to float64; ``None`` when it has
+            neither (the caller decides whether that is an error).
+    """
+
+    path: Path
+    attrs: dict
+    demos: list[str]
+    states: list[np.ndarray | None]
+
+    def __len__(self) -> int:
+        return len(self.demos)
+
+
+def read_demo_starts(path: str | Path, *, state_key: str = "states") -> DemoStarts:
+    """Read the start of every demo of a file (the contexts to replay them from).
+
+    A demo's start is its ``context_state`` dataset when the writer stored one
+    (MetaWorld stores its ``rand_vec``; LIBERO rollouts the state before the
+    settle steps), else ``<state_key>[0]`` (LIBERO's own files: the official
+    RIPT code starts a rollout from the demo's first state).
+
+    Args:
+        path: an HDF5 file in the layout of this module.
+
+    Keyword Args:
+        state_key (str): the per-step state dataset of each demo. Defaults to
+            ``"states"``.
+
+    Examples:
+        >>> import numpy as np, os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "t.hdf5")
+        >>> with DemoWriter(path, task_name="t", language_instruction="do it") as writer:
+        ...     _ = writer.add_demo({"s": np.zeros((2, 3))}, actions=np.zeros((2, 4)),
+        ...                         states=np.full((2, 5), 7.0))
+        ...     _ = writer.add_demo({"s": np.zeros((1, 3))}, actions=np.zeros((1, 4)),
+        ...                         context_state=np.ones(2))
+        >>> starts = read_demo_starts(path)
+        >>> starts.demos, [s.tolist() for s in starts.states], starts.attrs["task_name"]
+        (['demo_0', 'demo_1'], [[7.0, 7.0, 7.0, 7.0, 7.0], [1.0, 1.0]], 't')
+    """
+    path = Path(path)
+    with _demo_data(path) as data:
+        names = _demo_names(data)
+        return DemoStarts(
+            path,
+            dict(data.attrs),
+            names,
+            [_first_state(data[name], state_key) for name in names],
+        )
 
 
 def demos_to_bc_dataset(
@@ -299,8 +358,6 @@ def demos_to_bc_dataset(
     Examples:
         >>> # see the module docstring
     """
-    from torchrl.envs.transforms import ActionChunkTransform
-
     if not files:
         raise ValueError("no demo files given: pass the DemoFile objects of read_demos.")
     if chunk_size < 1:
@@ -327,6 +384,44 @@ def demos_to_bc_dataset(
             rows.append(steps)
             demo_id += 1
     return torch.cat(rows)
+
+
+def read_demo_attrs(path: str | Path) -> dict:
+    """The attributes of a demo file's ``data`` group (task, instruction, ...), nothing else.
+
+    Examples:
+        >>> import numpy as np, os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "t.hdf5")
+        >>> with DemoWriter(path, task_name="t", language_instruction="do it") as writer:
+        ...     _ = writer.add_demo({"s": np.zeros((2, 3))}, actions=np.zeros((2, 4)))
+        >>> read_demo_attrs(path)["language_instruction"]
+        'do it'
+    """
+    with _demo_data(Path(path)) as data:
+        return dict(data.attrs)
+
+
+@contextlib.contextmanager
+def _demo_data(path: Path) -> Iterator[h5py.Group]:
+    """The ``data`` group of a demo file, open for reading."""
+    if not path.exists():
+        raise FileNotFoundError(f"demonstration file {path} does not exist.")
+    with h5py.File(path, "r") as file:
+        if "data" not in file:
+            raise KeyError(f"{path} has no 'data' group: not a robomimic/LIBERO demo file.")
+        yield file["data"]
+
+
+def _demo_names(data) -> list[str]:
+    return sorted(data.keys(), key=_demo_index)
+
+
+def _first_state(group, state_key: str = "states") -> np.ndarray | None:
+    if "context_state" in group:
+        return np.asarray(group["context_state"][()], dtype=np.float64).reshape(-1)
+    if state_key in group:
+        return np.asarray(group[state_key][0], dtype=np.float64).reshape(-1)
+    return None
 
 
 def _read_demo(group, key_map: Mapping | None, where: str, rotate_images_180: bool = False) -> TensorDict:
@@ -377,8 +472,7 @@ def _per_step(group, name: str, length: int, dtype) -> torch.Tensor:
     return torch.as_tensor(np.asarray(group[name][()])).reshape(length, 1).to(dtype)
 
 
-def _task_attrs(data, path: Path) -> tuple[str, str]:
-    attrs = data.attrs
+def _task_attrs(attrs, path: Path) -> tuple[str, str]:
     info = json.loads(attrs["problem_info"]) if "problem_info" in attrs else {}
     name = attrs.get("task_name", info.get("task_name", path.stem.removesuffix("_demo")))
     instruction = attrs.get("language_instruction", info.get("language_instruction", name))

@@ -9,9 +9,17 @@ from torchrl_ript.envs.common import (
     context_state_spec,
     read_context,
 )
-from torchrl_ript.envs.libero import LIBERO_MAX_STEPS, LIBERO_SUITES, LiberoContextEnv, pad_state
-from torchrl_ript.envs.libero_contexts import libero_contexts, libero_suite_tasks, write_libero_rollout_demos
-from torchrl_ript.envs.libero_setup import ensure_libero, libero_available
+from torchrl_ript.envs.libero import (
+    LIBERO_MAX_STEPS,
+    LIBERO_SUITES,
+    LiberoContextEnv,
+    ensure_libero,
+    libero_available,
+    libero_contexts,
+    libero_suite_tasks,
+    pad_state,
+    write_libero_rollout_demos,
+)
 from torchrl_ript.envs.metaworld import (
     METAWORLD_INSTRUCTIONS,
     MetaWorldEnv,

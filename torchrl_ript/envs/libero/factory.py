@@ -35,7 +35,10 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.envs import EnvBase
 
+from torchrl_ript.data.demos import LIBERO_KEY_MAP, read_demo_attrs, read_demos
 from torchrl_ript.envs.common import read_context
+from torchrl_ript.envs.libero.contexts import _norm, write_libero_rollout_demos
+from torchrl_ript.envs.libero.env import LiberoContextEnv, libero_suite_tasks
 
 __all__ = [
     "LiberoMultiTaskEnv",
@@ -71,9 +74,9 @@ class LiberoMultiTaskEnv(EnvBase):
             the same for every task.
 
     Examples:
-        >>> from torchrl_ript.envs.libero_factory import LiberoMultiTaskEnv
+        >>> from torchrl_ript.envs.libero.factory import LiberoMultiTaskEnv
         >>> from torchrl_ript.envs import context_reset_td
-        >>> from torchrl_ript.envs.libero_contexts import libero_contexts
+        >>> from torchrl_ript.envs.libero.contexts import libero_contexts
         >>> env = LiberoMultiTaskEnv("libero_spatial", [0, 1], action_chunk=4)  # doctest: +SKIP
         >>> ctx = libero_contexts("libero_spatial", task_ids=[1])  # doctest: +SKIP
         >>> td = env.reset(context_reset_td(ctx.states[:1], ctx.task_ids[:1])[0])  # doctest: +SKIP
@@ -126,8 +129,6 @@ class LiberoMultiTaskEnv(EnvBase):
             )
         env = self._envs.get(task_id)
         if env is None:
-            from torchrl_ript.envs.libero import LiberoContextEnv
-
             if self.max_live_tasks is not None:
                 while len(self._envs) >= self.max_live_tasks:
                     _, old = self._envs.popitem(last=False)
@@ -178,14 +179,12 @@ def libero_env_fn(
     :func:`~torchrl_ript.trainers.factory.make_batched_env`.
 
     Examples:
-        >>> from torchrl_ript.envs.libero_factory import libero_env_fn
+        >>> from torchrl_ript.envs.libero.factory import libero_env_fn
         >>> libero_env_fn("libero_spatial", [0], action_chunk=8).func.__name__
         'LiberoContextEnv'
         >>> libero_env_fn("libero_spatial", [0, 3]).func.__name__
         'LiberoMultiTaskEnv'
     """
-    from torchrl_ript.envs.libero_contexts import libero_suite_tasks
-
     task_ids = [int(t) for t in task_ids]
     if not task_ids:
         raise ValueError("task_ids is empty: give at least one task of the suite.")
@@ -195,8 +194,6 @@ def libero_env_fn(
     if bad:
         raise ValueError(f"task ids {bad} out of range for {suite} ({n_tasks} tasks: 0-{n_tasks - 1}).")
     if len(task_ids) == 1:
-        from torchrl_ript.envs.libero import LiberoContextEnv
-
         return partial(LiberoContextEnv, suite, task_ids[0], **env_kwargs)
     return partial(LiberoMultiTaskEnv, suite, task_ids, max_live_tasks=max_live_tasks, **env_kwargs)
 
@@ -209,8 +206,6 @@ def find_libero_demo_files(folder: str | os.PathLike, suite: str, task_ids: Sequ
     ``problem_info`` language instruction is the task's. Raises
     ``FileNotFoundError`` naming the tasks without a file.
     """
-    from torchrl_ript.envs.libero_contexts import libero_suite_tasks
-
     tasks = libero_suite_tasks(suite)
     roots = [Path(folder), Path(folder) / suite]
     candidates = sorted({p for root in roots if root.is_dir() for p in root.glob("*.hdf5")})
@@ -239,8 +234,6 @@ def find_libero_demo_files(folder: str | os.PathLike, suite: str, task_ids: Sequ
 
 def read_libero_demo_files(paths: Sequence[str | os.PathLike], *, max_demos: int | None = None) -> list:
     """Read LIBERO HDF5 files in the canonical schema (images rotated upright)."""
-    from torchrl_ript.data.demos import LIBERO_KEY_MAP, read_demos
-
     files = [read_demos(p, key_map=LIBERO_KEY_MAP, rotate_images_180=True) for p in paths]
     if max_demos is not None:
         for file in files:
@@ -264,9 +257,6 @@ def write_random_libero_demos(
     actions (a policy cloned from them never succeeds). Files are named as
     the official datasets (``<task name>_demo.hdf5``); existing ones are kept.
     """
-    from torchrl_ript.envs.libero_contexts import libero_suite_tasks, write_libero_rollout_demos
-    from torchrl_ript.envs.libero import LiberoContextEnv
-
     tasks = libero_suite_tasks(suite)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -288,22 +278,13 @@ def write_random_libero_demos(
 
 
 def _languages(paths: Sequence[Path]) -> dict[str, Path]:
-    import h5py
-
     out = {}
     for path in paths:
         try:
-            with h5py.File(path, "r") as file:
-                attrs = file["data"].attrs if "data" in file else {}
-                if "problem_info" in attrs:
-                    info = json.loads(attrs["problem_info"])
-                    out.setdefault(_norm(info.get("language_instruction", "")), path)
-        except OSError:
+            attrs = read_demo_attrs(path)
+        except (OSError, KeyError):  # unreadable, or no 'data' group: not a demo file
             continue
+        if "problem_info" in attrs:
+            info = json.loads(attrs["problem_info"])
+            out.setdefault(_norm(info.get("language_instruction", "")), path)
     return out
-
-
-def _norm(text) -> str:
-    if isinstance(text, (list, tuple)):
-        text = " ".join(map(str, text))
-    return " ".join(str(text).lower().split())

@@ -28,7 +28,7 @@ a task is covered. Success rates and speed: ``benchmarks/README_libero.md``.
 Demos are recorded in two passes: the expert acts on the physics alone (no
 rendering, ~10x faster); an episode that succeeds is replayed from the same
 context with the cameras on and written in LIBERO's HDF5 layout
-(:func:`~torchrl_ript.envs.libero_contexts.write_libero_rollout_demos`'s
+(:func:`~torchrl_ript.envs.libero.contexts.write_libero_rollout_demos`'s
 conventions: ``obs/{agentview_rgb, eye_in_hand_rgb, joint_states,
 gripper_states, ee_pos, ee_ori, ee_states}`` as rendered (upside down),
 ``actions``, ``states``, ``rewards``, ``dones``, ``context_state``), up to the
@@ -44,9 +44,9 @@ only successful episodes are kept.
 
 Usage::
 
-    python -m torchrl_ript.envs.libero_demos --suite libero_object --tasks 0 1 --n 10 --out demos/
-    python -m torchrl_ript.envs.libero_demos --suite libero_object --tasks 0 1 2 --n 5 --fresh-seed 0 --out demos/
-    python -m torchrl_ript.envs.libero_demos --suite libero_spatial --tasks 0 --measure --starts 0 1 2
+    python -m torchrl_ript.envs.libero.experts --suite libero_object --tasks 0 1 --n 10 --out demos/
+    python -m torchrl_ript.envs.libero.experts --suite libero_object --tasks 0 1 2 --n 5 --fresh-seed 0 --out demos/
+    python -m torchrl_ript.envs.libero.experts --suite libero_spatial --tasks 0 --measure --starts 0 1 2
 """
 from __future__ import annotations
 
@@ -60,6 +60,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+
+from torchrl_ript.data.demos import DemoWriter
+from torchrl_ript.envs.common import context_reset_td
+from torchrl_ript.envs.libero.contexts import _record, libero_contexts, libero_demo_env_args
+from torchrl_ript.envs.libero.env import LiberoContextEnv, libero_suite_tasks, pad_state
 
 __all__ = [
     "LiberoScriptedExpert",
@@ -236,7 +242,7 @@ class LiberoScriptedExpert:
             raise ValueError(
                 f"no scripted expert for the goal {self.env.parsed_problem['goal_state']}: only "
                 "single On/In goals on a movable object (pick and place) are covered; see "
-                "torchrl_ript.envs.libero_demos.expert_supports."
+                "torchrl_ript.envs.libero.experts.expert_supports."
             )
         self.pick, self.target = goal
         self._goal = str(self.env.parsed_problem["goal_state"][0][0]).lower()
@@ -587,7 +593,7 @@ def record_libero_demos(
         max_steps: time limit in actions (default: the suite's
             :data:`~torchrl_ript.envs.libero.LIBERO_MAX_STEPS`).
         fresh_seed: start from fresh placements instead of init states
-            (:func:`~torchrl_ript.envs.libero_contexts.sample_libero_starts` with
+            (:func:`~torchrl_ript.envs.libero.contexts.sample_libero_starts` with
             this seed; ``starts`` then index those; fixture-free scenes only), so
             all 50 init states stay free for evaluation.
         progress: tqdm progress bar.
@@ -610,12 +616,6 @@ def record_libero_demos(
         >>> path.name  # doctest: +SKIP
         'pick_up_the_alphabet_soup_and_place_it_in_the_basket_demo.hdf5'
     """
-    from tqdm.auto import tqdm
-
-    from torchrl_ript.data.demos import DemoWriter
-    from torchrl_ript.envs.libero import LiberoContextEnv
-    from torchrl_ript.envs.libero_contexts import libero_contexts, libero_demo_env_args, libero_suite_tasks
-
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}.")
     if noise < 0:
@@ -656,7 +656,7 @@ def record_libero_demos(
     env_args = libero_demo_env_args(
         env, suite, task_id,
         max_steps=int(env.max_episode_steps),
-        expert="torchrl_ript.envs.libero_demos.LiberoScriptedExpert",
+        expert="torchrl_ript.envs.libero.experts.LiberoScriptedExpert",
         noise=float(noise),
         seed=int(seed),
         starts="init_files" if fresh_seed is None else f"sampled (seed {int(fresh_seed)})",
@@ -696,11 +696,8 @@ def record_libero_demos(
 
 def _render_replay(env, episode: ExpertEpisode, task_id: int) -> dict:
     """Replay an episode through the rendering env; its arrays in LIBERO's layout."""
+    # robosuite is optional (installed with LIBERO by scripts/install_libero.sh)
     from robosuite.utils.transform_utils import quat2axisangle
-
-    from torchrl_ript.envs.common import context_reset_td
-    from torchrl_ript.envs.libero import pad_state
-    from torchrl_ript.envs.libero_contexts import _record
 
     state = pad_state(episode.context_state, env.context_state_dim)
     td = env.reset(context_reset_td(state[None], torch.tensor([task_id]))[0])
@@ -748,11 +745,6 @@ def measure_expert(
     progress: bool = True,
 ) -> list[dict]:
     """Success rate and speed of the expert (physics only) per task over ``starts``."""
-    from tqdm.auto import tqdm
-
-    from torchrl_ript.envs.libero import LiberoContextEnv
-    from torchrl_ript.envs.libero_contexts import libero_contexts, libero_suite_tasks
-
     tasks = libero_suite_tasks(suite)
     results = []
     for task_id in task_ids:
@@ -794,7 +786,7 @@ def measure_expert(
 
 def main(argv: Sequence[str] | None = None) -> list:
     parser = argparse.ArgumentParser(
-        prog="python -m torchrl_ript.envs.libero_demos",
+        prog="python -m torchrl_ript.envs.libero.experts",
         description="Record successful scripted-expert LIBERO demos (one HDF5 per task, LIBERO's layout), "
         "or measure the expert's success rate (--measure).",
     )
@@ -815,8 +807,6 @@ def main(argv: Sequence[str] | None = None) -> list:
                         help="no files: run the expert (physics only) from every start and print "
                         "its success rate and speed per task as JSON lines")
     args = parser.parse_args(argv)
-    from torchrl_ript.envs.libero_contexts import libero_suite_tasks
-
     task_ids = args.tasks if args.tasks is not None else list(range(len(libero_suite_tasks(args.suite))))
     if args.measure:
         results = measure_expert(args.suite, task_ids, starts=args.starts, noise=args.noise, seed=args.seed)

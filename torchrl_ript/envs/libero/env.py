@@ -27,6 +27,10 @@ from OpenVLA-OFT's ``experiments/robot/libero/run_libero_eval.py``):
 spatial 220, object 280, goal 300, libero_10 520, libero_90 400, each after 10
 no-op "wait" steps. RIPT's QueST configs (``config/task/libero_base.yaml``)
 use ``horizon: 600`` for every suite instead: pass ``max_episode_steps=600``.
+
+:func:`libero_suite_tasks` (the benchmark's task records of a suite) lives here
+too: the env names its tasks with it, and the context builders of
+:mod:`torchrl_ript.envs.libero.contexts` index tasks the same way.
 """
 from __future__ import annotations
 
@@ -47,6 +51,8 @@ from torchrl_ript.envs.common import (
     context_state_spec,
     read_context,
 )
+from torchrl_ript.envs.libero.setup import ensure_libero
+from torchrl_ript.envs.rendering import apply_render_quality
 
 __all__ = [
     "LiberoContextEnv",
@@ -54,6 +60,7 @@ __all__ = [
     "LIBERO_MAX_STEPS",
     "LIBERO_CONTEXT_STATE_DIM",
     "LIBERO_PROPRIO_KEYS",
+    "libero_suite_tasks",
     "pad_state",
 ]
 
@@ -75,6 +82,20 @@ _WRIST_CAMERA = "robot0_eye_in_hand"
 # LIBERO demo files' joint_states (7) + gripper_states (2).
 LIBERO_PROPRIO_KEYS = ("robot0_joint_pos", "robot0_gripper_qpos")
 _ALWAYS_KEEP = ("robot0_joint_pos", "robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
+
+
+def libero_suite_tasks(suite: str) -> list:
+    """The ``libero.libero.benchmark`` task records of a suite (name, language, files)."""
+    if suite not in LIBERO_SUITES:
+        raise ValueError(f"suite must be one of {LIBERO_SUITES}, got {suite!r}.")
+    ensure_libero()
+    # libero is an optional dependency (scripts/install_libero.sh), and importing
+    # it before ensure_libero() has written its config prompts for a path.
+    from libero.libero import benchmark
+
+    with contextlib.redirect_stdout(io.StringIO()):  # LIBERO prints "[info] using task orders ..."
+        bench = benchmark.get_benchmark_dict()[suite]()
+    return [bench.get_task(i) for i in range(bench.n_tasks)]
 
 
 def pad_state(state, dim: int = LIBERO_CONTEXT_STATE_DIM) -> torch.Tensor:
@@ -198,8 +219,6 @@ class LiberoContextEnv(LiberoEnv):
             raise ValueError(f"action_chunk must be >= 1 or None, got {action_chunk}.")
         if max_episode_steps is None:
             max_episode_steps = LIBERO_MAX_STEPS[task_suite]
-        from torchrl_ript.envs.libero_setup import ensure_libero
-
         # Config, asset link and GL backend must exist before libero/robosuite import
         # (also in spawned worker processes, which run this again).
         ensure_libero()
@@ -243,8 +262,6 @@ class LiberoContextEnv(LiberoEnv):
 
     # -- build ----------------------------------------------------------------
     def _build_env(self, task_suite, task_id, camera_height, camera_width, env_kwargs):  # type: ignore[override]
-        from torchrl_ript.envs.libero_contexts import libero_suite_tasks
-
         with contextlib.redirect_stdout(io.StringIO()):  # LIBERO prints its task order per benchmark
             env = super()._build_env(task_suite, task_id, camera_height, camera_width, env_kwargs)
         tasks = libero_suite_tasks(task_suite)
@@ -272,8 +289,6 @@ class LiberoContextEnv(LiberoEnv):
         # settings (physics untouched).
         if self.render_quality == "high":
             return
-        from torchrl_ript.envs.rendering import apply_render_quality
-
         context = robosuite_env.sim._render_context_offscreen
         model = robosuite_env.sim.model._model
         apply_render_quality("fast", model=model)

@@ -16,7 +16,7 @@
   ``glx``; the backend must be chosen before robosuite is imported.
 
 Examples:
-    >>> from torchrl_ript.envs.libero_setup import ensure_libero, libero_available
+    >>> from torchrl_ript.envs.libero.setup import ensure_libero, libero_available
     >>> if libero_available():
     ...     paths = ensure_libero()
     ...     sorted(paths)[:2]
@@ -31,6 +31,10 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+
+import yaml
+
+from torchrl_ript.envs.rendering import select_gl_backend
 
 __all__ = ["ensure_libero", "libero_available", "libero_config_file", "LIBERO_CONFIG_KEYS"]
 
@@ -73,8 +77,6 @@ def ensure_libero(*, gl_backend: str | None = None, assets: str | os.PathLike | 
         return dict(_done)
     if not libero_available():
         raise ImportError(f"LIBERO is not installed: {_INSTALL_HINT}.")
-    from torchrl_ript.envs.rendering import select_gl_backend
-
     backend = select_gl_backend(gl_backend)
     if backend == "osmesa":
         # PyOpenGL must agree with MuJoCo, or robosuite's OSMesa context fails.
@@ -108,8 +110,6 @@ def _default_config(root: Path) -> dict:
 
 
 def _read_or_write_config(root: Path) -> dict:
-    import yaml
-
     path = libero_config_file()
     # Workers spawned later must read the same file.
     os.environ["LIBERO_CONFIG_PATH"] = str(path.parent)

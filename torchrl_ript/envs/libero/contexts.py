@@ -6,11 +6,10 @@ task, zero-padded at the end to ``context_state_dim`` (the convention of
 :func:`~torchrl_ript.envs.libero.pad_state`). Task ids index the *whole
 suite* (``task_names`` lists every task of the suite, even when a filter keeps
 a few), so they match the ``task_id`` of the env built for that task.
+Demo files are read with :func:`~torchrl_ript.data.demos.read_demo_starts`.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 from collections.abc import Sequence
@@ -20,25 +19,18 @@ import numpy as np
 import torch
 
 from torchrl_ript.data.context import ContextDataset
+from torchrl_ript.data.demos import DemoWriter, read_demo_starts
+from torchrl_ript.envs.common import context_reset_td
+from torchrl_ript.envs.libero.env import (
+    LIBERO_CONTEXT_STATE_DIM,
+    LiberoContextEnv,
+    libero_suite_tasks,
+    pad_state,
+)
 
-__all__ = ["libero_contexts", "libero_suite_tasks", "sample_libero_starts", "write_libero_rollout_demos"]
+__all__ = ["libero_contexts", "sample_libero_starts", "write_libero_rollout_demos"]
 
 _SOURCES = ("init_files", "demos", "sampled")
-
-
-def libero_suite_tasks(suite: str) -> list:
-    """The ``libero.libero.benchmark`` task records of a suite (name, language, files)."""
-    from torchrl_ript.envs.libero import LIBERO_SUITES
-    from torchrl_ript.envs.libero_setup import ensure_libero
-
-    if suite not in LIBERO_SUITES:
-        raise ValueError(f"suite must be one of {LIBERO_SUITES}, got {suite!r}.")
-    ensure_libero()
-    from libero.libero import benchmark
-
-    with contextlib.redirect_stdout(io.StringIO()):  # LIBERO prints "[info] using task orders ..."
-        bench = benchmark.get_benchmark_dict()[suite]()
-    return [bench.get_task(i) for i in range(bench.n_tasks)]
 
 
 def libero_contexts(
@@ -79,13 +71,11 @@ def libero_contexts(
             ``noise_std``, ``seed``).
 
     Examples:
-        >>> from torchrl_ript.envs.libero_contexts import libero_contexts
+        >>> from torchrl_ript.envs.libero.contexts import libero_contexts
         >>> ds = libero_contexts("libero_spatial", task_ids=[0, 3])  # doctest: +SKIP
         >>> len(ds), ds.state_dim, ds.task_ids.unique().tolist()  # doctest: +SKIP
         (100, 128, [0, 3])
     """
-    from torchrl_ript.envs.libero import LIBERO_CONTEXT_STATE_DIM, pad_state
-
     if source not in _SOURCES:
         raise ValueError(f"source must be one of {_SOURCES}, got {source!r}.")
     dim = LIBERO_CONTEXT_STATE_DIM if context_state_dim is None else int(context_state_dim)
@@ -132,8 +122,6 @@ def sample_libero_starts(suite: str, task_id: int, n: int, *, seed: int = 0, env
     See :meth:`~torchrl_ript.envs.libero.LiberoContextEnv.sample_start`: only
     fixture-free scenes (``libero_object``).
     """
-    from torchrl_ript.envs.libero import LiberoContextEnv
-
     own = env is None
     if own:
         env = LiberoContextEnv(suite, int(task_id), camera_size=32, wrist_camera=False)
@@ -145,6 +133,8 @@ def sample_libero_starts(suite: str, task_id: int, n: int, *, seed: int = 0, env
 
 
 def _init_states(task) -> np.ndarray:
+    # libero is optional (scripts/install_libero.sh); libero_suite_tasks has
+    # already run ensure_libero(), so importing it no longer prompts.
     from libero.libero import get_libero_path
 
     path = os.path.join(get_libero_path("init_states"), task.problem_folder, task.init_states_file)
@@ -153,41 +143,29 @@ def _init_states(task) -> np.ndarray:
 
 
 def _demo_first_states(tasks, demo_paths, keep: set[int]) -> dict[int, list[np.ndarray]]:
-    import h5py
-
     if isinstance(demo_paths, (str, os.PathLike)):
         demo_paths = [demo_paths]
     by_language = {_norm(task.language): i for i, task in enumerate(tasks)}
     by_name = {task.name: i for i, task in enumerate(tasks)}
     rows: dict[int, list[np.ndarray]] = {}
     for path in map(Path, demo_paths):
-        if not path.exists():
-            raise FileNotFoundError(f"demonstration file {path} does not exist.")
-        with h5py.File(path, "r") as file:
-            if "data" not in file:
-                raise KeyError(f"{path} has no 'data' group: not a LIBERO demo file.")
-            data = file["data"]
-            task_id = _demo_task_id(data, path, by_language, by_name)
-            if task_id not in keep:
-                continue
-            demos = sorted((k for k in data if k.startswith("demo")), key=lambda k: int(k.split("_")[-1]))
-            for demo in demos:
-                group = data[demo]
-                if "context_state" in group:
-                    # written by write_libero_rollout_demos: the start before settling
-                    state = group["context_state"][()]
-                elif "states" in group:
-                    # The official code starts a rollout from the demo's first state.
-                    state = group["states"][0]
-                else:
-                    raise KeyError(f"{path}:data/{demo} has neither 'context_state' nor 'states'.")
-                rows.setdefault(task_id, []).append(np.asarray(state, dtype=np.float64).reshape(-1))
+        # a demo's context_state (written by write_libero_rollout_demos: the start
+        # before settling), else its first state, as the official code starts a
+        # rollout from the demo's first state
+        starts = read_demo_starts(path)
+        task_id = _demo_task_id(starts.attrs, path, by_language, by_name)
+        if task_id not in keep:
+            continue
+        for demo, state in zip(starts.demos, starts.states):
+            if state is None:
+                raise KeyError(f"{path}:data/{demo} has neither 'context_state' nor 'states'.")
+            rows.setdefault(task_id, []).append(state)
     return rows
 
 
-def _demo_task_id(data, path: Path, by_language: dict, by_name: dict) -> int:
-    if "problem_info" in data.attrs:
-        info = json.loads(data.attrs["problem_info"])
+def _demo_task_id(attrs, path: Path, by_language: dict, by_name: dict) -> int:
+    if "problem_info" in attrs:
+        info = json.loads(attrs["problem_info"])
         language = _norm(info.get("language_instruction", ""))
         if language in by_language:
             return by_language[language]
@@ -238,11 +216,8 @@ def write_libero_rollout_demos(
     Examples:
         >>> path = write_libero_rollout_demos("/tmp/t_demo.hdf5", "libero_spatial", 0)  # doctest: +SKIP
     """
+    # robosuite is optional (installed with LIBERO by scripts/install_libero.sh)
     from robosuite.utils.transform_utils import quat2axisangle
-
-    from torchrl_ript.data.demos import DemoWriter
-    from torchrl_ript.envs.common import context_reset_td
-    from torchrl_ript.envs.libero import LiberoContextEnv
 
     if policy not in ("zero", "random"):
         raise ValueError(f"policy must be 'zero' or 'random', got {policy!r}.")
