@@ -177,3 +177,21 @@ def test_installed_torchrl_is_in_the_tested_range():
     spec = next(Requirement(r) for r in re.findall(r'"(torchrl[<>=!~][^"]*)"', text))
     assert spec.specifier.contains(md.version("torchrl")), (spec, md.version("torchrl"))
     assert not spec.specifier.contains("0.14.0")
+
+
+@pytest.mark.parametrize("ratio", ["trajectory", "step"])
+def test_the_log_prob_hook_takes_the_params_argument_or_none(ratio):
+    # TorchRL 0.14.x calls the hook with params= (a delayed actor's target weights); newer
+    # TorchRL with the tensordict alone: the override must answer the same to both
+    actor, _ = laplace_actor()
+    batch = trajectories(actor)
+    batch["advantage"] = torch.ones(4, 1)
+    loss = RIPTClipPPOLoss(actor, ratio=ratio)
+    data = loss._decisions(batch) if ratio == "step" else batch
+    plain = loss._get_cur_log_prob(data)[0]
+    by_keyword = loss._get_cur_log_prob(data, params=loss.actor_network_params)[0]
+    by_position = loss._get_cur_log_prob(data, loss.actor_network_params)[0]
+    torch.testing.assert_close(plain, by_keyword)
+    torch.testing.assert_close(plain, by_position)
+    expected = batch["action_log_prob"] if ratio == "trajectory" else data["action_log_prob"]
+    torch.testing.assert_close(plain.detach(), expected.reshape(plain.shape))

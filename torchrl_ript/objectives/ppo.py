@@ -181,11 +181,17 @@ class RIPTClipPPOLoss(ClipPPOLoss):
             texts = instruction_strings(tensordict, key, tensordict.shape[0])
             flat.set(key, NonTensorStack(*[texts[r] for r in rows.tolist()]))
 
-    def _get_cur_log_prob(self, tensordict: TensorDictBase, params=None):
+    def _get_cur_log_prob(self, tensordict: TensorDictBase, *args, **kwargs):
+        # ClipPPOLoss's documented hook. Its return value, ``(log_prob, dist,
+        # is_composite)``, is what torchrl>=0.14.1 expects (0.14.0 differs: the
+        # pin in pyproject.toml). The extra arguments are forwarded untouched:
+        # 0.14.x passes ``params=`` (the target weights of a delayed actor),
+        # newer TorchRL calls the hook with the tensordict alone.
         if self.ratio == "step":  # already flat decisions: ClipPPOLoss's own scoring
-            log_prob, dist, composite = super()._get_cur_log_prob(tensordict, params)
+            log_prob, dist, composite = super()._get_cur_log_prob(tensordict, *args, **kwargs)
             self._last_log_prob = log_prob.detach()
             return log_prob, dist, composite
+        params = kwargs.get("params", args[0] if args else None)
         keys = self.tensor_keys
         steps = self._steps(tensordict)
         mask = steps.get(keys.mask).to(torch.bool)
