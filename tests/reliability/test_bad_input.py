@@ -1,13 +1,10 @@
 """Bad input: each case fails fast with an error that names the fix, and writes nothing."""
-import sys
 from functools import partial
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
-from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from torchrl.envs import AsyncEnvPool
 from torchrl.envs.custom.vla import ToyVLAEnv
@@ -17,8 +14,7 @@ from torchrl_ript.config import ConfigError, RIPTConfig, validate_ript_config
 from torchrl_ript.envs.libero.contexts import libero_contexts
 from torchrl_ript.envs.libero.factory import libero_env_fn
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "core"))
-from core_helpers import laplace_actor  # noqa: E402
+from toy_helpers import laplace_actor
 
 
 def toy_pool(n=2, **kwargs):

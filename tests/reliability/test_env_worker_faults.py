@@ -1,10 +1,8 @@
 """Env worker processes that die or fail while a batch is being collected."""
 import os
 import signal
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +11,7 @@ from torchrl.envs import AsyncEnvPool
 from torchrl_ript import ContextDataset, GroupCollector
 from torchrl_ript.collectors import EnvWorkerError
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "core"))
-from core_helpers import SlowToyEnv, clipped_oracle  # noqa: E402
+from toy_helpers import SlowToyEnv, clipped_oracle
 
 
 def contexts(n=16):

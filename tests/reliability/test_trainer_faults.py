@@ -13,8 +13,7 @@ from torchrl_ript import ContextDataset, GroupCollector, RIPTClipPPOLoss
 from torchrl_ript.modules.toy_policies import toy_laplace_actor
 from torchrl_ript.trainers import CheckpointError, RIPTTrainer, make_optimizer, make_scheduler
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "core"))
-from core_helpers import LinearLaplace, oracle_policy  # noqa: E402
+from toy_helpers import LinearLaplace, oracle_policy
 
 SCRIPT = Path(__file__).with_name("resume_script.py")
 

@@ -1,6 +1,4 @@
 """A seeded RIPT run must raise the held-out success rate clearly (toy env)."""
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,8 +8,7 @@ from torchrl_ript import ContextDataset, ContextToyVLAEnv, GroupCollector
 from torchrl_ript.objectives import RIPTClipPPOLoss
 from torchrl_ript.trainers import RIPTTrainer, evaluate_success, make_optimizer
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "core"))
-from core_helpers import laplace_actor, token_policy  # noqa: E402
+from toy_helpers import laplace_actor, token_policy
 
 
 def make_env():

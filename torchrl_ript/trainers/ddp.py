@@ -29,10 +29,9 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDictBase
 from torch import nn
 from torchrl.collectors import BaseCollector
-from tqdm.auto import tqdm
 
 from torchrl_ript.collectors.distributed import merge_collection_stats
 from torchrl_ript.collectors.group import GroupCollector

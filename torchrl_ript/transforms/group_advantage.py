@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
-from tensordict import TensorDictBase, lazy_stack
+from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 from torchrl.envs.transforms import Transform
 

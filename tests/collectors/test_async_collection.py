@@ -7,7 +7,7 @@ from torchrl.envs import AsyncEnvPool
 from torchrl_ript import ContextDataset, GroupCollector, make_ript_replay_buffer
 from torchrl_ript.collectors import Rollout, RolloutEngine
 
-from core_helpers import SlowToyEnv, clipped_oracle, laplace_actor
+from toy_helpers import SlowToyEnv, clipped_oracle, laplace_actor
 
 
 def contexts(n=24, seed=0, noise_std=0.0):

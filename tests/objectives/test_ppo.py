@@ -5,7 +5,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from torchrl_ript.objectives import RIPTClipPPOLoss
 
-from core_helpers import laplace_actor, token_policy
+from toy_helpers import laplace_actor, token_policy
 
 
 def trajectories(actor, n=4, horizon=5, lengths=(5, 3, 2, 4), sampled_key="action"):

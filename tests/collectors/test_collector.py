@@ -7,7 +7,7 @@ from torchrl.envs import ParallelEnv, SerialEnv
 from torchrl_ript import ContextDataset, ContextToyVLAEnv, GroupCollector, make_ript_replay_buffer
 from torchrl_ript.data import AdaptiveSampler
 
-from core_helpers import laplace_actor, oracle_policy
+from toy_helpers import laplace_actor, oracle_policy
 
 
 def make_env(n, **kwargs):

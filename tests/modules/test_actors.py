@@ -12,7 +12,7 @@ from torchrl_ript import (
 )
 from torchrl_ript.modules import chunk_nll
 
-from core_helpers import LinearLaplace
+from toy_helpers import LinearLaplace
 
 
 @pytest.mark.parametrize("options", [{}, {"temperature": 0.5}, {"top_k": 2}, {"temperature": 2.0, "top_k": 3}])
