@@ -483,7 +483,7 @@ def measure_collector(args, n: int, *, libero_env: bool = False) -> dict:
     it = iter(collector)
     next(it)  # warm-up: workers start, first resets
     load0, cpu = _load(), CpuMeter()
-    batches, wall = _timed_batches(lambda: next(it), measure_s=args.measure_s, min_batches=args.min_batches)
+    batches, wall = _timed_batches(lambda: next(it), measure_s=args.measure_s, min_batches=args.min_batches)  # noqa: F821 (a closure over a name del'd after use)
     cpu = cpu.stop()
     counts = _sum_counts([_count(b, args) for b in batches])
     last = batches[-1]
@@ -534,7 +534,7 @@ def measure_async_batched(args, n: int, *, driver: bool = False) -> dict:
     it = iter(collector)
     next(it)  # warm-up: workers and the inference server start
     load0, cpu = _load(), CpuMeter()
-    batches, wall = _timed_batches(lambda: next(it), measure_s=args.measure_s, min_batches=args.min_batches)
+    batches, wall = _timed_batches(lambda: next(it), measure_s=args.measure_s, min_batches=args.min_batches)  # noqa: F821 (a closure over a name del'd after use)
     cpu = cpu.stop()
     counts = _sum_counts([_count(b, args) for b in batches])
     last = batches[-1]
@@ -636,8 +636,8 @@ def measure_group(args, slots: int, *, name: str = "group", lockstep: bool = Fal
     stats = []
 
     def next_batch():
-        batch = next(it)
-        stats.append(collector.last_stats)
+        batch = next(it)  # noqa: F821 (a closure over a name del'd after use)
+        stats.append(collector.last_stats)  # noqa: F821 (a closure over a name del'd after use)
         return batch
 
     prof = cProfile.Profile() if profile else None

@@ -4,7 +4,7 @@
 #
 #   bash scripts/test.sh                 # default: every test not marked slow
 #   bash scripts/test.sh -m slow         # extra arguments go to pytest
-#   bash scripts/test.sh tests/core -x   # a path given here replaces the defaults
+#   bash scripts/test.sh tests/collectors -x   # a path given here replaces the defaults
 #   PYTHON=/path/to/venv/bin/python bash scripts/test.sh
 #
 # Exit status: pytest's, except that "no tests collected" (pytest's 5) fails.
@@ -26,20 +26,16 @@ export MUJOCO_GL="${MUJOCO_GL:-egl}"
 export PYOPENGL_PLATFORM="${PYOPENGL_PLATFORM:-$MUJOCO_GL}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 
-# Default targets: the tests and the package's doctests, unless the caller names
-# paths of their own.
-TARGETS=(tests torchrl_ript)
-for arg in "$@"; do
-    if [[ "$arg" != -* && -e "$arg" ]] || [[ "$arg" == tests/* || "$arg" == torchrl_ript/* ]]; then
-        TARGETS=()
-        break
-    fi
-done
-
 cd "$ROOT"
-echo "[test] $PYTHON -m pytest -q -ra --timeout=900 --doctest-modules ${TARGETS[*]} $*"
+# Lint first (seconds): pyflakes/pycodestyle rules from pyproject.toml's [tool.ruff].
+echo "[test] $PYTHON -m ruff check torchrl_ript tests examples benchmarks"
+"$PYTHON" -m ruff check torchrl_ript tests examples benchmarks
+
+# pytest's targets, markers and doctests come from pyproject.toml (a bare `pytest`
+# runs the same): the tests and the package's doctests, slow tests deselected.
+echo "[test] $PYTHON -m pytest -q -ra --timeout=900 $*"
 set +e
-"$PYTHON" -m pytest -q -ra --timeout=900 --doctest-modules "${TARGETS[@]}" "$@"
+"$PYTHON" -m pytest -q -ra --timeout=900 "$@"
 rc=$?
 set -e
 if [[ $rc -eq 5 ]]; then
