@@ -14,29 +14,34 @@ what they do with a policy is the same and lives here:
   finished rollout of a collector;
 * :func:`collection_summary`: informative-group rate and env steps per
   informative group of a RIPT run.
+
+What depends on the kind of policy (build, actor, SFT recipe, sampling
+options, checkpoint) is its :class:`~torchrl_ript.models.registry.PolicyKind`;
+:func:`build_policy`, :func:`wrap_policy` and :func:`set_sampling` are
+re-exported from :mod:`torchrl_ript.models.registry`.
 """
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tensordict.nn import TensorDictModuleBase
 from torch import nn
-from torchrl.modules import ProbabilisticActor
 
 from torchrl_ript.config import RIPTConfig
 from torchrl_ript.data.demos import DemoFile
 from torchrl_ript.data.samplers import AdaptiveSampler, ContextOutcomeFeed, make_sampler
 from torchrl_ript.models.checkpoint import load_policy, save_policy
-from torchrl_ript.models.common import EncoderConfig
-from torchrl_ript.models.regression_policy import RegressionPolicy, make_regression_actor, regression_config
-from torchrl_ript.models.quest import QuestDecoder, QuestPolicy, make_quest_actor, quest_config
-from torchrl_ript.modules.actors import make_rollout_policy
+from torchrl_ript.models.registry import (
+    PolicyBundle,
+    SFTOptions,
+    build_policy,
+    policy_kind,
+    set_sampling,
+    wrap_policy,
+)
 from torchrl_ript.trainers import sft
 from torchrl_ript.trainers.stats import paired_success_test
 
@@ -44,6 +49,7 @@ __all__ = [
     "PolicyBundle",
     "build_policy",
     "wrap_policy",
+    "set_sampling",
     "train_sft",
     "finetune_sft",
     "load_or_train_policy",
@@ -52,113 +58,11 @@ __all__ = [
     "collection_summary",
     "context_sampler",
     "paired_results",
-    "set_sampling",
     "sft_options",
     "ript_config",
     "print_result_line",
+    "set_num_threads",
 ]
-
-POLICY_KINDS = ("quest", "regression", "hf")
-# sampling options: not architecture, so they may change on a trained checkpoint
-SAMPLING_FIELDS = {QuestPolicy: ("temperature", "top_k"), RegressionPolicy: ()}
-
-
-@dataclass
-class PolicyBundle:
-    """A network with the two modules RIPT needs from it.
-
-    Attributes:
-        kind: ``"quest"`` (token actor), ``"regression"`` (Laplace/Gaussian) or
-            ``"hf"`` (a Hugging Face VLA with LoRA, Laplace head).
-        network: the :class:`QuestPolicy` / :class:`RegressionPolicy` /
-            :class:`~torchrl_ript.models.hf_vla.HFVLAPolicy`.
-        actor: the ``ProbabilisticActor`` the PPO loss scores.
-        policy: what rollouts run (QueST: actor then token decoder).
-        sampled_key: the entry the loss scores (``"action_tokens"`` / ``"action"``).
-        n_exec: actions executed per decision (the env's ``action_chunk``).
-    """
-
-    kind: str
-    network: nn.Module
-    actor: ProbabilisticActor
-    policy: TensorDictModuleBase
-    sampled_key: str
-    n_exec: int
-
-    def decisions(self, max_env_steps: int) -> int:
-        """Decision steps that cover ``max_env_steps`` env steps."""
-        return math.ceil(max_env_steps / self.n_exec)
-
-
-def build_policy(
-    kind: str,
-    *,
-    preset: str,
-    action_dim: int,
-    state_dim: int,
-    image_keys: tuple,
-    image_size: int,
-    overrides: dict | None = None,
-    encoder_overrides: dict | None = None,
-    pretrained: str | None = None,
-) -> PolicyBundle:
-    """A fresh (untrained) policy of ``kind`` at ``preset`` size.
-
-    ``kind="hf"`` loads a Hugging Face VLA from the *local* folder
-    ``pretrained`` and adds LoRA and fresh action/scale heads
-    (:class:`~torchrl_ript.models.hf_vla.HFVLAConfig` fields in ``overrides``;
-    ``preset`` and the encoder settings do not apply: the backbone has its own).
-    """
-    if kind not in POLICY_KINDS:
-        raise ValueError(f"policy kind must be one of {POLICY_KINDS}, got {kind!r}.")
-    if kind == "hf":
-        return _build_hf(pretrained, action_dim=action_dim, image_key=tuple(image_keys)[0], overrides=overrides)
-    encoder = dict(encoder_overrides or {})
-    encoder.update(image_keys=tuple(image_keys), image_size=image_size, state_dim=state_dim)
-    make_config = quest_config if kind == "quest" else regression_config
-    config = make_config(preset, action_dim=action_dim, encoder=encoder, **dict(overrides or {}))
-    network = QuestPolicy(config) if kind == "quest" else RegressionPolicy(config)
-    return wrap_policy(network)
-
-
-def wrap_policy(network: nn.Module) -> PolicyBundle:
-    """Wrap a trained (or loaded) network as actor + rollout policy."""
-    network.eval()  # no dropout/BN noise: sampling-time and loss log-probs must agree
-    if isinstance(network, QuestPolicy):
-        actor = make_quest_actor(network)
-        policy = make_rollout_policy(actor, QuestDecoder(network))
-        return PolicyBundle("quest", network, actor, policy, "action_tokens", network.config.n_exec)
-    if isinstance(network, RegressionPolicy):
-        actor = make_regression_actor(network)
-        return PolicyBundle("regression", network, actor, actor, "action", network.config.chunk_size)
-    if _is_hf(network):
-        actor = make_regression_actor(network)
-        return PolicyBundle("hf", network, actor, actor, "action", network.config.chunk_size)
-    raise TypeError(f"cannot wrap {type(network).__name__}: use a QuestPolicy, RegressionPolicy or HFVLAPolicy.")
-
-
-def _is_hf(network: nn.Module) -> bool:
-    # transformers/peft are optional: do not import hf_vla unless it is in use
-    cls = type(network)
-    return cls.__name__ == "HFVLAPolicy" and cls.__module__ == "torchrl_ript.models.hf_vla"
-
-
-def _build_hf(pretrained, *, action_dim: int, image_key, overrides: dict | None) -> PolicyBundle:
-    if not pretrained:
-        raise ValueError(
-            "policy.kind=hf needs policy.pretrained=/local/folder of a transformers VLA checkpoint "
-            "(LLaVA-style: config.json, weights, tokenizer; e.g. an OpenVLA-OFT-style model). "
-            "No model hub is used. For a smoke run, save a tiny random one with "
-            "torchrl_ript.models.hf_vla.save_tiny_llava(folder)."
-        )
-    from torchrl_ript.models.hf_vla import HFVLAConfig, HFVLAPolicy
-
-    overrides = dict(overrides or {})
-    unknown = sorted(set(overrides) - set(HFVLAConfig.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"unknown HFVLAConfig field(s) in policy.overrides: {unknown}.")
-    config = HFVLAConfig(action_dim=action_dim, **overrides)
-    return wrap_policy(HFVLAPolicy.from_pretrained(pretrained, config, image_key=image_key))
 
 
 def train_sft(
@@ -173,38 +77,14 @@ def train_sft(
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, list[float]]:
-    """Behaviour cloning: QueST autoencoder then prior; regression mean then scale."""
-    network = bundle.network
-    batches = _demo_batches(network, files, batch_size, seed)
-    if bundle.kind == "quest":
-        history = sft.train_quest(
-            network, batches, ae_steps=autoencoder_steps or steps, prior_steps=steps, lr=lr,
-            progress=progress,
-        )
-    else:
-        history = _fit_regression(bundle, batches, steps, lr, scale_steps, progress)
-    network.eval()
-    return history
-
-
-def _demo_batches(network: nn.Module, files: list[DemoFile], batch_size: int, seed: int):
-    """Minibatches of the demos cut into the network's action chunks, after checking they fit it."""
-    data = sft.chunk_demo_files(files, network.config.chunk_size)
-    demo_dim, net_dim = data["action"].shape[-1], network.config.action_dim
-    if demo_dim != net_dim:
-        raise ValueError(
-            f"the demos hold {demo_dim}-dim actions but the policy outputs {net_dim}: record demos "
-            f"in this env's action space, or build the policy with action_dim={demo_dim}."
-        )
-    return sft.batch_iterator(data, batch_size, seed=seed)
-
-
-def _fit_regression(bundle: PolicyBundle, batches, steps: int, lr: float, scale_steps: int, progress: bool) -> dict:
-    """Regression policy: the mean head by L1, then the scale head by NLL."""
-    history = {"regression": sft.train_regression(bundle.network, batches, steps=steps, lr=lr, progress=progress)}
-    history["scale"] = sft.fit_regression_scale(
-        bundle.network, batches, steps=scale_steps, actor=bundle.actor, progress=progress
-    )
+    """Behaviour cloning from scratch with the kind's SFT recipe
+    (:attr:`~torchrl_ript.models.registry.PolicyKind.sft`: QueST autoencoder
+    then prior; regression mean then scale). Returns the per-step losses by stage."""
+    batches = _demo_batches(bundle.network, files, batch_size, seed)
+    options = SFTOptions(steps=steps, lr=lr, autoencoder_steps=autoencoder_steps, scale_steps=scale_steps,
+                         progress=progress)
+    history = policy_kind(bundle.kind).sft(bundle, batches, options)
+    bundle.network.eval()
     return history
 
 
@@ -220,7 +100,8 @@ def finetune_sft(
     progress: bool = True,
     **_unused,
 ) -> dict[str, list[float]]:
-    """SFT of a *pretrained* policy on a target's few demos.
+    """SFT of a *pretrained* policy on a target's few demos (the kind's
+    :attr:`~torchrl_ript.models.registry.PolicyKind.finetune` recipe).
 
     QueST keeps its pretrained skill tokenizer (the autoencoder is frozen: the
     target's actions are written in the tokens it learned on the source tasks)
@@ -229,49 +110,23 @@ def finetune_sft(
     on the target demos (the pretrained scale describes the source tasks).
     ``autoencoder_steps`` (and other :func:`train_sft` keywords) are ignored.
     """
-    network = bundle.network
-    batches = _demo_batches(network, files, batch_size, seed)
-    if bundle.kind == "quest":
-        history = {"prior": sft.train_quest_prior(network, batches, steps=steps, lr=lr, progress=progress)}
-    else:
-        history = _fit_regression(bundle, batches, steps, lr, scale_steps, progress)
-    network.eval()
+    batches = _demo_batches(bundle.network, files, batch_size, seed)
+    options = SFTOptions(steps=steps, lr=lr, scale_steps=scale_steps, progress=progress)
+    history = policy_kind(bundle.kind).finetune_recipe()(bundle, batches, options)
+    bundle.network.eval()
     return history
 
 
-def set_sampling(network: nn.Module, **options) -> nn.Module:
-    """Change how a built or loaded network samples (QueST: ``temperature``, ``top_k``).
-
-    These options are part of the distribution that rollouts sample from and
-    that the loss scores, so they are safe to change on a trained checkpoint;
-    :func:`save_policy` stores them with the weights. ``None`` values are
-    ignored. It may be called before or after :func:`wrap_policy`: the actor
-    reads the live config on every call, so sampling and scoring agree.
-
-    Examples:
-        >>> from torchrl_ript.models.quest import QuestPolicy, quest_config
-        >>> net = set_sampling(QuestPolicy(quest_config("tiny")), top_k=5)
-        >>> net.config.top_k
-        5
-    """
-    allowed = () if _is_hf(network) else SAMPLING_FIELDS.get(type(network))
-    if allowed is None:
-        raise TypeError(f"no sampling options for {type(network).__name__}.")
-    options = {k: v for k, v in options.items() if v is not None}
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
+def _demo_batches(network: nn.Module, files: list[DemoFile], batch_size: int, seed: int):
+    """Minibatches of the demos cut into the network's action chunks, after checking they fit it."""
+    data = sft.chunk_demo_files(files, network.config.chunk_size)
+    demo_dim, net_dim = data["action"].shape[-1], network.config.action_dim
+    if demo_dim != net_dim:
         raise ValueError(
-            f"{type(network).__name__} has no sampling option(s) {unknown}; "
-            f"valid: {list(allowed) or 'none'}."
+            f"the demos hold {demo_dim}-dim actions but the policy outputs {net_dim}: record demos "
+            f"in this env's action space, or build the policy with action_dim={demo_dim}."
         )
-    top_k = options.get("top_k")
-    if top_k is not None and not 1 <= int(top_k) <= network.config.vocab_size:
-        raise ValueError(f"top_k must be in [1, {network.config.vocab_size}] (the token vocabulary), got {top_k}.")
-    if options.get("temperature", 1.0) <= 0:
-        raise ValueError(f"temperature must be > 0, got {options['temperature']}.")
-    for key, value in options.items():
-        setattr(network.config, key, value)
-    return network
+    return sft.batch_iterator(data, batch_size, seed=seed)
 
 
 def _load_checkpoint(path: str | Path, what: str, hint: str) -> nn.Module:
@@ -306,6 +161,11 @@ def load_or_train_policy(
         network = _load_checkpoint(checkpoint, "policy", "leave policy.checkpoint empty to train one by SFT")
         network = set_sampling(network, **sampling)
         return wrap_policy(network), {"sft_s": 0.0, "history": {}, "loaded": str(checkpoint)}
+    return _train_policy(build=build, files_fn=files_fn, sft_options=sft_options, save_to=Path(save_to),
+                         sampling=sampling, start_from=start_from, progress=progress)
+
+
+def _train_policy(*, build, files_fn, sft_options, save_to: Path, sampling: dict, start_from, progress):
     if start_from:
         network = _load_checkpoint(start_from, "pretrained", "leave it empty to run the pretrain stage")
     else:
@@ -341,7 +201,6 @@ def load_or_pretrain(
 
     Examples:
         >>> import tempfile, numpy as np
-        >>> from pathlib import Path
         >>> from torchrl_ript.data.demos import DemoWriter, read_demos
         >>> folder = Path(tempfile.mkdtemp())
         >>> with DemoWriter(folder / "a.hdf5", task_name="a", language_instruction="do a") as w:
@@ -390,7 +249,12 @@ def attach_outcome_feed(collector, contexts=None):
 
 def context_sampler(name: str, *, group_size: int, explore: float = 0.2):
     """The context sampler a config names: ``"uniform"``, ``"per_task"`` or
-    ``"adaptive"`` (for groups of ``group_size``, with ``explore`` uniform draws)."""
+    ``"adaptive"`` (for groups of ``group_size``, with ``explore`` uniform draws).
+
+    Examples:
+        >>> context_sampler("adaptive", group_size=8).name, context_sampler("uniform", group_size=8).name
+        ('adaptive', 'uniform')
+    """
     if name == "adaptive":
         return AdaptiveSampler(group_size=group_size, explore=explore)
     return make_sampler(name)
@@ -454,7 +318,13 @@ def collection_summary(history: list[dict], *, dynamic_sampling: bool = True) ->
 
 
 def sft_options(sft: Mapping, *, seed: int) -> dict:
-    """The :func:`train_sft` keywords of an example's ``sft`` config section."""
+    """The :func:`train_sft` keywords of an example's ``sft`` config section.
+
+    Examples:
+        >>> sft_options({"steps": 5, "autoencoder_steps": 3, "batch_size": 8, "lr": 1e-3, "scale_steps": 2},
+        ...             seed=0)["autoencoder_steps"]
+        3
+    """
     return dict(steps=sft["steps"], autoencoder_steps=sft["autoencoder_steps"],
                 batch_size=sft["batch_size"], lr=sft["lr"], scale_steps=sft["scale_steps"], seed=seed)
 
@@ -473,10 +343,6 @@ def print_result_line(result: dict, path: Path | None = None) -> None:
     if path is not None:
         path.write_text(line + "\n")
     print(line, flush=True)
-
-
-def encoder_config_of(bundle: PolicyBundle) -> EncoderConfig:
-    return bundle.network.config.encoder
 
 
 def set_num_threads(threads: int | None) -> None:
