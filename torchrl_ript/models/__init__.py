@@ -7,7 +7,7 @@ helpers.
 Importing this package registers the built-in kinds ``"quest"``,
 ``"regression"`` and ``"hf"``.
 """
-from torchrl_ript.models.checkpoint import load_policy, save_policy
+from torchrl_ript.models.checkpoint import CheckpointError, load_policy, save_policy
 from torchrl_ript.models.common import (
     EncoderConfig,
     ObservationEncoder,
@@ -93,4 +93,5 @@ __all__ = [
     "wrap_policy",
     "save_policy",
     "load_policy",
+    "CheckpointError",
 ]
