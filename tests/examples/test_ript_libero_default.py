@@ -59,6 +59,12 @@ def test_variant_configs_resolve(name):
         assert cfg.ript.lr == 1e-5 and cfg.ript.param_lrs["lora_"] == 1e-4
 
 
+def test_context_sampler_keys_are_metaworlds():
+    libero, metaworld = _compose("ript_libero"), _compose("ript_metaworld")
+    assert (libero.contexts.sampler, libero.contexts.explore) == (metaworld.contexts.sampler,
+                                                                  metaworld.contexts.explore) == ("uniform", 0.2)
+
+
 def test_unknown_override_fails():
     from hydra.errors import ConfigCompositionException
 

@@ -1,19 +1,17 @@
-"""Stages shared by the benchmark pipelines: [pretrain ->] SFT -> evaluate -> RIPT.
+"""Stages shared by the benchmark pipelines: [pretrain ->] SFT -> evaluate -> RIPT -> evaluate -> report.
 
 The MetaWorld and LIBERO examples differ in their env, demos and contexts;
-what they do with a policy is the same and lives here:
+what they do with a policy is the same and lives here, one function per stage:
 
-* :func:`load_or_train_policy`: SFT from scratch (or load a checkpoint);
-  with ``start_from=`` a pretrained checkpoint it fine-tunes instead
-  (:func:`finetune_sft`: QueST keeps its pretrained tokenizer and trains the
-  prior; the regression policy trains its mean head and refits its scale
-  head);
 * :func:`load_or_pretrain`: the pretrain stage, multitask SFT on source tasks
   (:func:`train_sft`), saved as the checkpoint the target SFT starts from;
-* :func:`attach_outcome_feed`: let an adaptive context sampler see every
-  finished rollout of a collector;
-* :func:`collection_summary`: informative-group rate and env steps per
-  informative group of a RIPT run.
+* :func:`load_or_train_policy`: SFT from scratch (or load a checkpoint);
+  with ``start_from=`` a pretrained checkpoint it fine-tunes instead
+  (:func:`finetune_sft`);
+* :func:`evaluate_stage`: held-out success rates in each exploration mode, GIFs;
+* :func:`ript_stage`: collector + trainer, RIPT, the RIPT policy file;
+* :func:`plot_stage`: the success-rate plot;
+* :func:`result_line` / :func:`print_result_line`: the run's JSON line.
 
 What depends on the kind of policy (build, actor, SFT recipe, sampling
 options, checkpoint) is its :class:`~torchrl_ript.models.registry.PolicyKind`;
@@ -24,7 +22,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -43,6 +42,11 @@ from torchrl_ript.models.registry import (
     wrap_policy,
 )
 from torchrl_ript.trainers import sft
+from torchrl_ript.trainers.ddp import DistributedContext, make_collector
+from torchrl_ript.trainers.evaluate import EXPLORATION_MODES, evaluate_modes, save_video
+from torchrl_ript.trainers.factory import make_logger, make_ript_trainer
+from torchrl_ript.trainers.plots import plot_success_rate
+from torchrl_ript.trainers.ript import RIPTTrainer
 from torchrl_ript.trainers.stats import paired_success_test
 
 __all__ = [
@@ -50,19 +54,38 @@ __all__ = [
     "build_policy",
     "wrap_policy",
     "set_sampling",
+    "policy_sampling",
     "train_sft",
     "finetune_sft",
     "load_or_train_policy",
     "load_or_pretrain",
     "attach_outcome_feed",
     "collection_summary",
+    "collection_totals",
     "context_sampler",
     "paired_results",
     "sft_options",
     "ript_config",
+    "rank_output_dir",
+    "evaluate_stage",
+    "ript_stage",
+    "plot_stage",
+    "result_line",
     "print_result_line",
     "set_num_threads",
 ]
+
+
+def policy_sampling(kind: str, options: Mapping | None) -> dict | None:
+    """A config's ``policy.sampling`` for policies of ``kind``: ``options`` when the
+    kind has sampling options (QueST: ``temperature``, ``top_k``), else ``None``
+    (the other kinds sample their distribution as it is).
+
+    Examples:
+        >>> policy_sampling("quest", {"top_k": 5}), policy_sampling("regression", {"top_k": 5})
+        ({'top_k': 5}, None)
+    """
+    return dict(options or {}) if policy_kind(kind).sampling_fields else None
 
 
 def train_sft(
@@ -155,6 +178,7 @@ def load_or_train_policy(
     it fine-tunes that policy (:func:`finetune_sft`). ``sampling`` (see
     :func:`set_sampling`) applies to the loaded or trained network. Returns
     the bundle and ``{"sft_s": seconds, "history": {...}}``.
+
     """
     sampling = dict(sampling or {})
     if checkpoint:
@@ -281,6 +305,21 @@ def paired_results(before: Mapping | None, after: Mapping, modes: list[str]) -> 
     return {"p_value": tests[modes[0]]["p_value"], "p_value_by_mode": tests}
 
 
+_COLLECTION_KEYS = ("groups_completed", "groups_kept", "groups_all_success", "groups_all_failure",
+                    "contexts_drawn", "rollouts_kept", "env_steps")
+
+
+def collection_totals(history: list[dict]) -> dict:
+    """Sums of a RIPT run's ``collect/*`` counters over its history (0 when absent).
+
+    Examples:
+        >>> collection_totals([{"collect/groups_kept": 2, "collect/env_steps": 10},
+        ...                    {"collect/groups_kept": 1, "train/loss": 0.3}])["groups_kept"]
+        3
+    """
+    return {key: int(sum(r.get(f"collect/{key}", 0) for r in history)) for key in _COLLECTION_KEYS}
+
+
 def collection_summary(history: list[dict], *, dynamic_sampling: bool = True) -> dict:
     """Totals of a RIPT run's collection statistics (``RIPTTrainer.history``).
 
@@ -296,20 +335,18 @@ def collection_summary(history: list[dict], *, dynamic_sampling: bool = True) ->
         ...     "collect/rollouts_kept": 8, "collect/contexts_drawn": 5}])["env_steps_per_informative_group"]
         800.0
     """
-    def total(key):
-        return int(sum(r.get(f"collect/{key}", 0) for r in history))
-
-    completed, kept = total("groups_completed"), total("groups_kept")
-    uniform = total("groups_all_success") + total("groups_all_failure")
+    totals = collection_totals(history)
+    completed, kept = totals["groups_completed"], totals["groups_kept"]
+    uniform = totals["groups_all_success"] + totals["groups_all_failure"]
     informative = kept if dynamic_sampling else kept - uniform
-    env_steps = total("env_steps")
+    env_steps = totals["env_steps"]
     return {
         "groups_completed": completed,
         "groups_informative": informative,
-        "groups_all_success": total("groups_all_success"),
-        "groups_all_failure": total("groups_all_failure"),
-        "contexts_drawn": total("contexts_drawn"),
-        "rollouts_kept": total("rollouts_kept"),
+        "groups_all_success": totals["groups_all_success"],
+        "groups_all_failure": totals["groups_all_failure"],
+        "contexts_drawn": totals["contexts_drawn"],
+        "rollouts_kept": totals["rollouts_kept"],
         "env_steps": env_steps,
         "informative_group_rate": informative / completed if completed else 0.0,
         # None (JSON null) when no group was informative
@@ -335,6 +372,225 @@ def ript_config(values: Mapping, bundle: PolicyBundle, *, max_env_steps: int) ->
     if values.get("max_decisions") is None:
         values["max_decisions"] = bundle.decisions(max_env_steps)
     return RIPTConfig.from_mapping(values)
+
+
+def rank_output_dir(out: str | Path, distributed: DistributedContext | None) -> Path:
+    """Where this process writes: ``out`` on rank 0 (and in one process),
+    ``out/rank<r>`` on the other ranks of a ``torchrun`` job.
+
+    Examples:
+        >>> rank_output_dir("run", None), rank_output_dir("run", DistributedContext(rank=1, world_size=2))
+        (PosixPath('run'), PosixPath('run/rank1'))
+    """
+    out = Path(out)
+    return out if distributed is None or distributed.is_main else out / f"rank{distributed.rank}"
+
+
+def evaluate_stage(
+    env,
+    bundle: PolicyBundle,
+    contexts,
+    *,
+    tag: str,
+    horizon: int,
+    modes: list[str],
+    videos: int,
+    out: Path,
+    baseline: Mapping | None = None,
+    progress: bool = True,
+) -> dict:
+    """Held-out success rates of ``bundle``'s rollout policy in each exploration mode.
+
+    One rollout per context of ``contexts`` and mode
+    (:func:`~torchrl_ript.trainers.evaluate_modes`, the first mode is the
+    headline); the first ``videos`` rollouts are saved as
+    ``out/videos/<tag>_<i>.gif`` and each mode's rates are printed, with the
+    paired test against ``baseline`` (an earlier result of this function on
+    the same contexts, e.g. before RIPT) when given. Returns
+    :func:`~torchrl_ript.trainers.evaluate_modes`'s result without the frames.
+    """
+    result = evaluate_modes(env, bundle.policy, contexts, horizon=horizon, modes=modes,
+                            record_videos=videos, progress=progress)
+    for i, frames in enumerate(result.pop("videos")):
+        save_video(frames, Path(out) / "videos" / f"{tag}_{i}.gif")
+    for mode, scores in result["by_mode"].items():
+        print(f"[{tag}] held-out SR ({mode}) {scores['sr']:.3f} over {scores['n']} contexts, "
+              f"per task {scores['per_task']}", flush=True)
+    tests = paired_results(baseline and baseline["by_mode"], result["by_mode"], list(result["by_mode"]))
+    for mode, test in (tests["p_value_by_mode"] or {}).items():
+        print(f"[{tag}] {mode}: SR {test['sr_before']:.3f} -> {test['sr_after']:.3f} on {test['n']} "
+              f"held-out contexts; {test['gained']} newly solved, {test['lost']} lost; one-sided "
+              f"paired (McNemar) p = {test['p_value']:.4f}", flush=True)
+    return result
+
+
+def ript_stage(
+    config: RIPTConfig,
+    *,
+    bundle: PolicyBundle,
+    env_fn: Callable,
+    make_env: Callable,
+    train_contexts,
+    collector_options: Mapping | None,
+    out: Path,
+    eval_env=None,
+    eval_contexts=None,
+    eval_mode: str = "deterministic",
+    initial_eval: Mapping | None = None,
+    distributed: DistributedContext | None = None,
+    logger_kind: str = "csv",
+    log_name: str = "ript",
+    progress: bool = True,
+) -> tuple[RIPTTrainer, dict]:
+    """RIPT on ``bundle``: build the collector and trainer, resume, train, save the policy.
+
+    The collector is the one ``collector_options`` (an example's
+    ``collector:`` section) asks for (:func:`~torchrl_ript.trainers.ddp.make_collector`),
+    or the default :class:`~torchrl_ript.collectors.GroupCollector` over
+    ``make_env()``. With an adaptive context sampler every finished rollout
+    is reported to it (:func:`attach_outcome_feed`). The trainer resumes from
+    ``out/checkpoints/latest.pt`` when it exists; otherwise ``initial_eval``
+    (an evaluation record ``{"step": 0, "success_rate", ...}`` of the same
+    contexts as ``eval_contexts``) starts its evaluation history. The trained
+    network is saved as ``out/ript_policy.pt``. Returns the trainer (its
+    collector still running: shut it down after the final evaluation) and
+    ``{"ript_s", "iterations_without_update"}``.
+    """
+    out = Path(out)
+    collector = make_collector(config, collector_options, env_fn=env_fn, policy=bundle.policy,
+                               train_contexts=train_contexts, sampled_action_key=bundle.sampled_key,
+                               distributed=distributed)
+    trainer = make_ript_trainer(
+        config, env=make_env() if collector is None else None, collector=collector, distributed=distributed,
+        eval_env=eval_env, actor=bundle.actor, policy=bundle.policy, sampled_action_key=bundle.sampled_key,
+        train_contexts=train_contexts, eval_contexts=eval_contexts,
+        logger=make_logger(logger_kind, out / "logs", log_name),
+        checkpoint_dir=out / "checkpoints", eval_exploration_type=EXPLORATION_MODES[eval_mode],
+        progress=progress,
+    )
+    if train_contexts.sampler == "adaptive":  # it learns from every rollout the collector finishes
+        attach_outcome_feed(trainer.collector)
+    resumed = trainer.resume(out / "checkpoints" / "latest.pt")
+    if initial_eval is not None and not resumed:
+        trainer.eval_history.append(dict(initial_eval))
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", RuntimeWarning)  # the draw-limit warning, every step
+        trainer.train()
+    ript_s = time.perf_counter() - start
+    save_policy(bundle.network, out / "ript_policy.pt", extra={"ript_steps": trainer.step})
+    skipped = sum(int(r.get("train/skipped", 0)) for r in trainer.history)
+    if skipped:
+        print(f"[ript] {skipped} of {len(trainer.history)} RIPT iterations made no update: every "
+              f"group of K={config.group_size} rollouts had the same reward (all failed or all "
+              "succeeded), so there was no learning signal. RIPT needs a policy that sometimes "
+              "succeeds (SR_before > 0) and sometimes fails.", flush=True)
+    return trainer, {"ript_s": ript_s, "iterations_without_update": skipped}
+
+
+def plot_stage(
+    trainer: RIPTTrainer,
+    path: str | Path,
+    *,
+    baseline: Mapping | None,
+    final: Mapping,
+    per_task: int,
+    title: str,
+    eval_label: str,
+) -> Path:
+    """The success-rate plot of a RIPT run
+    (:func:`~torchrl_ript.trainers.plots.plot_success_rate`).
+
+    ``baseline`` / ``final`` are the :func:`evaluate_stage` results before
+    and after RIPT (``baseline=None``, or ``by_mode=None``: SFT not
+    evaluated); ``per_task`` is their contexts per task. Without evaluations
+    during training the held-out curve joins the two.
+    """
+    before = baseline["by_mode"] if baseline else None
+    history = trainer.eval_history
+    if not history and before:
+        history = [{"step": 0, "success_rate": baseline["success_rate"]},
+                   {"step": trainer.step, "success_rate": final["success_rate"]}]
+    return plot_success_rate(
+        history, trainer.history, path, title=title, eval_label=eval_label,
+        baseline={m: r["sr"] for m, r in before.items()} if before else None,
+        final={f"{m}, {per_task}/task": r["sr"] for m, r in final["by_mode"].items()},
+    )
+
+
+def result_line(
+    *,
+    fields: Mapping,
+    policy: str,
+    modes: list[str],
+    n_eval: int,
+    baseline: Mapping | None,
+    final: Mapping | None = None,
+    trainer: RIPTTrainer | None = None,
+    dynamic_sampling: bool = True,
+    baseline_name: str = "sft",
+    paired_key: str = "p_value_by_mode",
+    collection: str = "summary",
+    stage_fields: Mapping | None = None,
+    ript_fields: Mapping | None = None,
+    wall_s: float,
+    output_dir: str | Path,
+    config: Mapping | None = None,
+) -> dict:
+    """The run's one-line JSON summary (both benchmark examples build theirs here).
+
+    Keys: ``fields`` (the benchmark's: tasks, suite...), ``policy``,
+    ``eval_modes``, ``n_eval``; the evaluation before RIPT as
+    ``sr_<baseline_name>``, ``..._per_task``, ``..._by_mode`` (``None`` values
+    when ``baseline`` is ``None``); ``stage_fields`` (e.g. stage timings);
+    after RIPT (``trainer`` and ``final`` given) ``sr_ript``,
+    ``sr_ript_per_task``, ``sr_ript_by_mode``, ``iterations``, ``env_steps``,
+    ``p_value`` (one-sided paired McNemar test of the headline mode,
+    :func:`paired_results`) and the per-mode tests under ``paired_key``, the
+    collection statistics (``collection="summary"``: :func:`collection_summary`
+    under ``"collection"``; ``"groups"``: the group totals as top-level keys)
+    and ``ript_fields``; without RIPT ``sr_ript=None``, ``iterations=0``,
+    ``env_steps=0``, ``p_value=None``. Last: ``wall_s``, ``output_dir``,
+    ``config``. (MetaWorld's line uses the defaults; LIBERO's keeps its
+    names: ``baseline_name="before"``, ``paired_key="paired_by_mode"``,
+    ``collection="groups"``.)
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> sft = {"success_rate": 0.0, "per_task": {"a": 0.0}, "by_mode": {"random": {"sr": 0.0, "outcomes": [0, 0]}}}
+        >>> ript = {"success_rate": 1.0, "per_task": {"a": 1.0}, "by_mode": {"random": {"sr": 1.0, "outcomes": [1, 1]}}}
+        >>> trainer = SimpleNamespace(step=1, env_steps=40, history=[{"collect/groups_completed": 2,
+        ...     "collect/groups_kept": 1, "collect/groups_all_failure": 1, "collect/env_steps": 40}])
+        >>> line = result_line(fields={"tasks": ["a"]}, policy="quest", modes=["random"], n_eval=2, baseline=sft,
+        ...                    final=ript, trainer=trainer, wall_s=1.0, output_dir="out")
+        >>> line["sr_sft"], line["sr_ript"], line["p_value"], line["collection"]["groups_informative"]
+        (0.0, 1.0, 0.25, 1)
+    """
+    if collection not in ("summary", "groups"):
+        raise ValueError(f"collection must be 'summary' or 'groups', got {collection!r}.")
+    before = baseline or {"success_rate": None, "per_task": None, "by_mode": None}
+    result = {**fields, "policy": policy, "eval_modes": list(modes), "n_eval": n_eval,
+              f"sr_{baseline_name}": before["success_rate"], f"sr_{baseline_name}_per_task": before["per_task"],
+              f"sr_{baseline_name}_by_mode": before["by_mode"], **(stage_fields or {})}
+    if trainer is None:
+        result.update(sr_ript=None, iterations=0, env_steps=0, p_value=None)
+    else:
+        if final is None:
+            raise ValueError("result_line needs final= (the evaluation after RIPT) with trainer=.")
+        paired = paired_results(before["by_mode"], final["by_mode"], list(modes))
+        result.update(sr_ript=final["success_rate"], sr_ript_per_task=final["per_task"],
+                      sr_ript_by_mode=final["by_mode"], iterations=trainer.step, env_steps=trainer.env_steps,
+                      p_value=paired["p_value"])
+        result[paired_key] = paired["p_value_by_mode"]
+        if collection == "summary":
+            result["collection"] = collection_summary(trainer.history, dynamic_sampling=dynamic_sampling)
+        else:
+            totals = collection_totals(trainer.history)
+            result.update({k: totals[k] for k in ("groups_completed", "groups_kept", "groups_all_success",
+                                                   "groups_all_failure")})
+        result.update(ript_fields or {})
+    result.update(wall_s=wall_s, output_dir=str(output_dir), config=dict(config or {}))
+    return result
 
 
 def print_result_line(result: dict, path: Path | None = None) -> None:
