@@ -41,6 +41,7 @@ from torchrl_ript.trainers.factory import make_batched_env  # noqa: E402
 from torchrl_ript.trainers.pipeline import (  # noqa: E402
     context_sampler,
     evaluate_stage,
+    files_from_main_rank,
     load_or_train_policy,
     plot_stage,
     policy_sampling,
@@ -139,7 +140,12 @@ def main(cfg: DictConfig) -> None:
         raise ValueError(f"eval.per_task must be in [1, {num_inits}] (benchmark init states per task).")
     held_out = first_per_task(inits, task_ids, cfg.eval.per_task)
     sft_needed = not cfg.policy.checkpoint
-    paths = demo_files(cfg, out, task_ids, num_inits, needed=sft_needed or cfg.contexts.source == "demos")
+    needed = sft_needed or cfg.contexts.source == "demos"
+    if cfg.demos.dir:  # the user's files: every rank reads them
+        paths = demo_files(cfg, out, task_ids, num_inits, needed=needed)
+    else:  # recorded (under torchrun by rank 0 only, which SFTs; the other ranks get copies)
+        paths = files_from_main_rank(lambda: demo_files(cfg, out, task_ids, num_inits, needed=needed),
+                                     distributed=distributed, folder=out / "demos")
     demos_s = time.perf_counter() - start
     image_keys = (("observation", "image"), ("observation", "wrist_image"))[: 1 + bool(cfg.env.wrist_camera)]
     bundle, sft_info = load_or_train_policy(
@@ -154,7 +160,7 @@ def main(cfg: DictConfig) -> None:
         save_to=out / "sft_policy.pt",
         # top-k/temperature are token-policy options; continuous heads sample their Laplace
         sampling=policy_sampling(cfg.policy.kind, OmegaConf.to_container(cfg.policy.sampling)),
-        progress=cfg.progress,
+        distributed=distributed, progress=cfg.progress,
     )
     config = ript_config(OmegaConf.to_container(cfg.ript, resolve=True), bundle, max_env_steps=max_steps)
     env_fn = libero_env_fn(

@@ -38,6 +38,7 @@ from torchrl_ript.trainers.factory import make_batched_env  # noqa: E402
 from torchrl_ript.trainers.pipeline import (  # noqa: E402
     context_sampler,
     evaluate_stage,
+    files_from_main_rank,
     load_or_pretrain,
     load_or_train_policy,
     plot_stage,
@@ -125,11 +126,16 @@ def main(cfg: DictConfig) -> None:
     distributed = init_distributed()  # None unless started by torchrun
     # rank 0 writes to the run folder; under torchrun the other ranks to rank<r>/ in it
     out = rank_output_dir(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir, distributed)
+    main_rank = distributed is None or distributed.is_main
     modes = exploration_modes(cfg.eval.exploration)  # a bad name fails before any work
     torch.manual_seed(cfg.ript.seed)
     build = policy_build(cfg, IMAGE_KEYS[: len(cfg.env.cameras)])
-    pretrained, pretrain_info = pretrain_stage(cfg, out, build) if not cfg.policy.checkpoint else (None, {})
-    paths = demo_paths(cfg, cfg.tasks, cfg.demos.per_task, Path(cfg.demos.dir) if cfg.demos.dir else out / "demos")
+    # under torchrun rank 0 pretrains, records the demos and runs SFT; the other ranks get its files
+    skip_pretrain = cfg.policy.checkpoint or not main_rank
+    pretrained, pretrain_info = (None, {}) if skip_pretrain else pretrain_stage(cfg, out, build)
+    demo_folder = Path(cfg.demos.dir) if cfg.demos.dir else out / "demos"
+    paths = files_from_main_rank(lambda: demo_paths(cfg, cfg.tasks, cfg.demos.per_task, demo_folder),
+                                 distributed=distributed, folder=out / "demos")
     bundle, sft_info = load_or_train_policy(
         cfg.policy.checkpoint, build=build, start_from=pretrained,
         files_fn=lambda: read_files(cfg, paths),
@@ -137,7 +143,7 @@ def main(cfg: DictConfig) -> None:
         save_to=out / "sft_policy.pt",
         # top-k/temperature are token-policy options; the regression policy samples its Laplace
         sampling=policy_sampling(cfg.policy.kind, OmegaConf.to_container(cfg.policy.sampling)),
-        progress=cfg.progress,
+        distributed=distributed, progress=cfg.progress,
     )
     set_num_threads(cfg.threads)  # SFT used every core; rollouts leave them to the env workers
     config = ript_config(OmegaConf.to_container(cfg.ript, resolve=True), bundle, max_env_steps=cfg.env.max_steps)

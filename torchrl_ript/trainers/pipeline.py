@@ -3,11 +3,14 @@
 The MetaWorld and LIBERO examples differ in their env, demos and contexts;
 what they do with a policy is the same and lives here, one function per stage:
 
+* :func:`files_from_main_rank`: demo files made on rank 0 only, copied to the
+  other ranks under ``torchrun``;
 * :func:`load_or_pretrain`: the pretrain stage, multitask SFT on source tasks
   (:func:`train_sft`), saved as the checkpoint the target SFT starts from;
 * :func:`load_or_train_policy`: SFT from scratch (or load a checkpoint);
   with ``start_from=`` a pretrained checkpoint it fine-tunes instead
-  (:func:`finetune_sft`);
+  (:func:`finetune_sft`); under ``torchrun`` rank 0 trains and the other
+  ranks receive its checkpoint;
 * :func:`evaluate_stage`: held-out success rates in each exploration mode, GIFs;
 * :func:`ript_stage`: collector + trainer, RIPT, the RIPT policy file;
 * :func:`plot_stage`: the success-rate plot;
@@ -23,7 +26,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -57,6 +60,7 @@ __all__ = [
     "policy_sampling",
     "train_sft",
     "finetune_sft",
+    "files_from_main_rank",
     "load_or_train_policy",
     "load_or_pretrain",
     "attach_outcome_feed",
@@ -159,6 +163,68 @@ def _load_checkpoint(path: str | Path, what: str, hint: str) -> nn.Module:
     return load_policy(path)
 
 
+def _on_main_rank(distributed: DistributedContext, make: Callable):
+    """``make()`` on rank 0; every rank gets ``(result, None)`` there and
+    ``(None, error text)`` elsewhere if it failed, so no rank waits for a
+    broadcast that never comes. Call on every rank (a collective)."""
+    result, error = None, None
+    if distributed.is_main:
+        try:
+            result = make()
+        except Exception as err:
+            error = f"{type(err).__name__}: {err}"
+            distributed.broadcast_object((None, error))
+            raise
+    return distributed.broadcast_object((result, error))
+
+
+def files_from_main_rank(
+    make: Callable[[], Sequence[str | Path] | None],
+    *,
+    distributed: DistributedContext | None,
+    folder: str | Path,
+) -> list[Path] | None:
+    """Files made once, on rank 0, and copied to every rank.
+
+    Without ``distributed`` (one process) this is ``make()``. Under
+    ``torchrun`` only rank 0 calls ``make`` (e.g. records the demos); the
+    files' bytes are broadcast (no shared disk needed) and the other ranks
+    write them into ``folder``. Every rank gets the paths of its copy
+    (``None`` when ``make`` returned ``None``). Call it on every rank.
+
+    Examples:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> def record():
+        ...     (folder / "a.txt").write_text("demo")
+        ...     return [folder / "a.txt"]
+        >>> [p.name for p in files_from_main_rank(record, distributed=None, folder=folder)]
+        ['a.txt']
+    """
+    if distributed is None or distributed.world_size == 1:
+        paths = make()
+        return None if paths is None else [Path(p) for p in paths]
+
+    def read():
+        paths = make()
+        return None if paths is None else [(Path(p), Path(p).read_bytes()) for p in paths]
+
+    files, error = _on_main_rank(distributed, read)
+    if error is not None:
+        raise RuntimeError(f"rank 0 failed to make the files this rank needs: {error}")
+    if files is None:
+        return None
+    if distributed.is_main:
+        return [path for path, _ in files]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for path, data in files:
+        (folder / path.name).write_bytes(data)
+        copies.append(folder / path.name)
+    return copies
+
+
 def load_or_train_policy(
     checkpoint: str | Path | None,
     *,
@@ -168,6 +234,7 @@ def load_or_train_policy(
     save_to: Path,
     sampling: Mapping | None = None,
     start_from: str | Path | None = None,
+    distributed: DistributedContext | None = None,
     progress: bool = True,
 ) -> tuple[PolicyBundle, dict]:
     """Load ``checkpoint`` when given (skips SFT), else SFT and save.
@@ -179,14 +246,37 @@ def load_or_train_policy(
     :func:`set_sampling`) applies to the loaded or trained network. Returns
     the bundle and ``{"sft_s": seconds, "history": {...}}``.
 
+    Under ``torchrun`` (``distributed`` with more than one rank) only rank 0
+    runs SFT (and calls ``files_fn``); the other ranks receive its policy
+    file (broadcast, no shared disk needed), save their copy at ``save_to``
+    and load it: every rank starts RIPT from the same weights. Their info
+    says ``"received"`` instead of ``"saved"``.
     """
     sampling = dict(sampling or {})
     if checkpoint:
         network = _load_checkpoint(checkpoint, "policy", "leave policy.checkpoint empty to train one by SFT")
         network = set_sampling(network, **sampling)
         return wrap_policy(network), {"sft_s": 0.0, "history": {}, "loaded": str(checkpoint)}
-    return _train_policy(build=build, files_fn=files_fn, sft_options=sft_options, save_to=Path(save_to),
-                         sampling=sampling, start_from=start_from, progress=progress)
+    save_to = Path(save_to)
+    if distributed is None or distributed.world_size == 1:
+        return _train_policy(build=build, files_fn=files_fn, sft_options=sft_options, save_to=save_to,
+                             sampling=sampling, start_from=start_from, progress=progress)
+    trained = {}
+
+    def train_and_read():
+        trained["out"] = _train_policy(build=build, files_fn=files_fn, sft_options=sft_options, save_to=save_to,
+                                       sampling=sampling, start_from=start_from, progress=progress)
+        return save_to.read_bytes()
+
+    data, error = _on_main_rank(distributed, train_and_read)
+    if error is not None:
+        raise RuntimeError(f"rank 0's SFT failed, so this rank has no policy: {error}")
+    if distributed.is_main:
+        return trained["out"]
+    save_to.parent.mkdir(parents=True, exist_ok=True)
+    save_to.write_bytes(data)
+    network = set_sampling(load_policy(save_to), **sampling)
+    return wrap_policy(network), {"sft_s": 0.0, "history": {}, "received": str(save_to), "from_rank": 0}
 
 
 def _train_policy(*, build, files_fn, sft_options, save_to: Path, sampling: dict, start_from, progress):
