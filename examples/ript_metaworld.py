@@ -32,22 +32,25 @@ from torchrl_ript.data.context import ContextDataset  # noqa: E402
 from torchrl_ript.data.demos import read_demos  # noqa: E402
 from torchrl_ript.envs.metaworld import MetaWorldContextProjection, MetaWorldEnv, metaworld_contexts  # noqa: E402
 from torchrl_ript.envs.metaworld_demos import ensure_metaworld_demos, metaworld_key_map  # noqa: E402
-from torchrl_ript.models.checkpoint import save_policy  # noqa: E402
-from torchrl_ript.trainers import EXPLORATION_MODES, evaluate_modes, exploration_modes, save_video  # noqa: E402
+from torchrl_ript.trainers import exploration_modes  # noqa: E402
 from torchrl_ript.trainers.ddp import init_distributed  # noqa: E402
-from torchrl_ript.trainers.factory import make_batched_env, make_collector, make_logger, make_ript_trainer  # noqa: E402
+from torchrl_ript.trainers.factory import make_batched_env  # noqa: E402
 from torchrl_ript.trainers.pipeline import (  # noqa: E402
-    collection_summary,
     context_sampler,
+    evaluate_stage,
+    files_from_main_rank,
     load_or_pretrain,
     load_or_train_policy,
-    paired_results,
+    plot_stage,
+    policy_sampling,
     print_result_line,
+    rank_output_dir,
+    result_line,
     ript_config,
+    ript_stage,
     set_num_threads,
     sft_options,
 )
-from torchrl_ript.trainers.plots import plot_success_rate  # noqa: E402
 
 IMAGE_KEYS = (("observation", "image"), ("observation", "wrist_image"))
 
@@ -121,22 +124,26 @@ def pretrain_stage(cfg, out: Path, build) -> tuple:
 def main(cfg: DictConfig) -> None:
     start = time.perf_counter()
     distributed = init_distributed()  # None unless started by torchrun
-    out = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
-    if distributed is not None and not distributed.is_main:  # its own demos/SFT files; rank 0 checkpoints
-        out = out / f"rank{distributed.rank}"
+    # rank 0 writes to the run folder; under torchrun the other ranks to rank<r>/ in it
+    out = rank_output_dir(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir, distributed)
+    main_rank = distributed is None or distributed.is_main
     modes = exploration_modes(cfg.eval.exploration)  # a bad name fails before any work
     torch.manual_seed(cfg.ript.seed)
     build = policy_build(cfg, IMAGE_KEYS[: len(cfg.env.cameras)])
-    pretrained, pretrain_info = pretrain_stage(cfg, out, build) if not cfg.policy.checkpoint else (None, {})
-    paths = demo_paths(cfg, cfg.tasks, cfg.demos.per_task, Path(cfg.demos.dir) if cfg.demos.dir else out / "demos")
+    # under torchrun rank 0 pretrains, records the demos and runs SFT; the other ranks get its files
+    skip_pretrain = cfg.policy.checkpoint or not main_rank
+    pretrained, pretrain_info = (None, {}) if skip_pretrain else pretrain_stage(cfg, out, build)
+    demo_folder = Path(cfg.demos.dir) if cfg.demos.dir else out / "demos"
+    paths = files_from_main_rank(lambda: demo_paths(cfg, cfg.tasks, cfg.demos.per_task, demo_folder),
+                                 distributed=distributed, folder=out / "demos")
     bundle, sft_info = load_or_train_policy(
         cfg.policy.checkpoint, build=build, start_from=pretrained,
         files_fn=lambda: read_files(cfg, paths),
         sft_options=sft_options(cfg.sft, seed=cfg.ript.seed),
         save_to=out / "sft_policy.pt",
         # top-k/temperature are token-policy options; the regression policy samples its Laplace
-        sampling=OmegaConf.to_container(cfg.policy.sampling) if cfg.policy.kind == "quest" else None,
-        progress=cfg.progress,
+        sampling=policy_sampling(cfg.policy.kind, OmegaConf.to_container(cfg.policy.sampling)),
+        distributed=distributed, progress=cfg.progress,
     )
     set_num_threads(cfg.threads)  # SFT used every core; rollouts leave them to the env workers
     config = ript_config(OmegaConf.to_container(cfg.ript, resolve=True), bundle, max_env_steps=cfg.env.max_steps)
@@ -145,61 +152,36 @@ def main(cfg: DictConfig) -> None:
                      action_chunk=bundle.n_exec, render_quality="fast")
     eval_env = as_env_pool(make_batched_env(env_fn, cfg.env.num_envs))  # one pool for every evaluation
     held_out = held_out_contexts(cfg, paths)
-
-    def full_eval(tag):
-        result = evaluate_modes(eval_env, bundle.policy, held_out, horizon=config.max_decisions,
-                                modes=modes, record_videos=cfg.eval.videos, progress=cfg.progress)
-        for i, frames in enumerate(result.pop("videos")):
-            save_video(frames, out / "videos" / f"{tag}_{i}.gif")
-        for mode, scores in result["by_mode"].items():
-            print(f"[{tag}] held-out SR ({mode}) {scores['sr']:.3f} over {scores['n']} rollouts, "
-                  f"per task {scores['per_task']}", flush=True)
-        return result
+    evaluate = partial(evaluate_stage, eval_env, bundle, held_out, horizon=config.max_decisions, modes=modes,
+                       videos=cfg.eval.videos, out=out, lockstep=config.lockstep, progress=cfg.progress)
 
     # a rerun from the same checkpoint may skip the SFT evaluation
-    none = {"success_rate": None, "per_task": None, "by_mode": None}
-    sft_eval = full_eval("sft") if cfg.stages.eval_sft else none
-    result = {"tasks": list(cfg.tasks), "pretrain_tasks": list(cfg.pretrain.tasks), "policy": bundle.kind,
-              "eval_modes": modes, "sr_sft": sft_eval["success_rate"], "sr_sft_per_task": sft_eval["per_task"],
-              "sr_sft_by_mode": sft_eval["by_mode"], "n_eval": len(held_out),
-              "pretrain_s": pretrain_info.get("pretrain_s", 0.0), "sft_s": sft_info["sft_s"]}
-    trainer = None
+    sft_eval = evaluate(tag="sft") if cfg.stages.eval_sft else None
+    trainer = final = None
+    ript_fields = {}
     if cfg.stages.ript:
         contexts = train_contexts(cfg, paths, config.group_size)
-        # collector.backend=ray, or this rank's share under torchrun (None: the local default)
-        collector = make_collector(config, cfg.collector, env_fn=env_fn, policy=bundle.policy,
-                                   train_contexts=contexts, sampled_action_key=bundle.sampled_key,
-                                   distributed=distributed)
-        trainer = make_ript_trainer(
-            config, env=make_batched_env(env_fn, config.num_envs) if collector is None else None,
-            collector=collector, distributed=distributed, eval_env=eval_env,
-            actor=bundle.actor, policy=bundle.policy, sampled_action_key=bundle.sampled_key,
-            train_contexts=contexts,
-            eval_contexts=first_per_task(held_out, cfg.eval.during_training_per_task),
-            logger=make_logger(cfg.logger.kind, out / "logs", "ript_metaworld"),
-            checkpoint_dir=out / "checkpoints", eval_exploration_type=EXPLORATION_MODES[modes[0]],
-            progress=cfg.progress,
+        trainer, _ = ript_stage(
+            config, bundle=bundle, env_fn=env_fn, make_env=lambda: make_batched_env(env_fn, config.num_envs),
+            train_contexts=contexts, collector_options=cfg.collector, out=out, eval_env=eval_env,
+            eval_contexts=first_per_task(held_out, cfg.eval.during_training_per_task), eval_mode=modes[0],
+            distributed=distributed, logger_kind=cfg.logger.kind, log_name="ript_metaworld", progress=cfg.progress,
         )
-        trainer.resume(out / "checkpoints" / "latest.pt")
-        trainer.train()
-        trainer.collector.shutdown()
-        save_policy(bundle.network, out / "ript_policy.pt", extra={"ript_steps": trainer.step})
-        final = full_eval("ript")
-        plot_success_rate(trainer.eval_history, trainer.history, out / "success_rate.png",
-                          title=f"RIPT on MetaWorld ({', '.join(cfg.tasks)})",
-                          baseline=sft_eval["by_mode"] and {m: r["sr"] for m, r in sft_eval["by_mode"].items()},
-                          eval_label=f"held-out SR ({modes[0]}, {cfg.eval.during_training_per_task}/task)",
-                          final={f"{m}, {cfg.eval.per_task}/task": r["sr"] for m, r in final["by_mode"].items()})
-        result.update(sr_ript=final["success_rate"], sr_ript_per_task=final["per_task"],
-                      sr_ript_by_mode=final["by_mode"], iterations=trainer.step, env_steps=trainer.env_steps,
-                      contexts=len(contexts), sampler=contexts.sampler,
-                      collection=collection_summary(trainer.history, dynamic_sampling=config.dynamic_sampling))
-        result.update(paired_results(sft_eval["by_mode"], final["by_mode"], modes))
-    else:
-        result.update(sr_ript=None, iterations=0, env_steps=0, p_value=None)
+        trainer.collector.shutdown()  # its own env pool: the evaluations have theirs
+        final = evaluate(tag="ript", baseline=sft_eval)
+        plot_stage(trainer, out / "success_rate.png", baseline=sft_eval, final=final, per_task=cfg.eval.per_task,
+                   title=f"RIPT on MetaWorld ({', '.join(cfg.tasks)})",
+                   eval_label=f"held-out SR ({modes[0]}, {cfg.eval.during_training_per_task}/task)")
+        ript_fields = {"contexts": len(contexts), "sampler": contexts.sampler}
     eval_env.close(raise_if_closed=False)
-    result.update(wall_s=time.perf_counter() - start, output_dir=str(out),
-                  config=OmegaConf.to_container(cfg, resolve=True))
+    result = result_line(
+        fields={"tasks": list(cfg.tasks), "pretrain_tasks": list(cfg.pretrain.tasks)}, policy=bundle.kind,
+        modes=modes, n_eval=len(held_out), baseline=sft_eval, final=final, trainer=trainer,
+        dynamic_sampling=config.dynamic_sampling,
+        stage_fields={"pretrain_s": pretrain_info.get("pretrain_s", 0.0), "sft_s": sft_info["sft_s"]},
+        ript_fields=ript_fields, wall_s=time.perf_counter() - start, output_dir=out,
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
     print_result_line(result, out / "result.json")
     if distributed is not None:
         distributed.shutdown()

@@ -51,12 +51,18 @@ def test_variant_configs_resolve(name):
     cfg = _compose(name)
     OmegaConf.resolve(cfg)
     if name == "ript_libero_paper":
-        assert (cfg.ript.group_size, cfg.ript.batch_size, cfg.ript.ppo_epochs, cfg.ript.lr) == (16, 160, 20, 1e-6)
+        assert (cfg.ript.group_size, cfg.ript.trajs_per_batch, cfg.ript.ppo_epochs, cfg.ript.lr) == (16, 160, 20, 1e-6)
         assert cfg.env.camera_size == 128 and cfg.eval.per_task == 50
     if name == "ript_libero_oft":
         assert cfg.policy.kind == "hf" and cfg.policy.overrides.lora_rank == 32
         assert (cfg.ript.group_size, cfg.ript.ppo_epochs, cfg.ript.clip_epsilon) == (8, 1, 0.1)
         assert cfg.ript.lr == 1e-5 and cfg.ript.param_lrs["lora_"] == 1e-4
+
+
+def test_context_sampler_keys_are_metaworlds():
+    libero, metaworld = _compose("ript_libero"), _compose("ript_metaworld")
+    assert (libero.contexts.sampler, libero.contexts.explore) == (metaworld.contexts.sampler,
+                                                                  metaworld.contexts.explore) == ("uniform", 0.2)
 
 
 def test_unknown_override_fails():
@@ -74,7 +80,7 @@ def test_tiny_default_pipeline_end_to_end(tmp_path):
          # the default pipeline, small: 1 expert demo per task, tiny regression policy, 1 RIPT iteration
          "task_ids=[0]", "demos.per_task=1", "env.camera_size=32", "env.max_steps=16", "env.num_envs=1",
          "policy.preset=tiny", "sft.steps=5", "sft.scale_steps=5", "sft.batch_size=8",
-         "eval.per_task=1", "eval.videos=1", "ript.group_size=2", "ript.batch_size=2", "ript.num_steps=1",
+         "eval.per_task=1", "eval.videos=1", "ript.group_size=2", "ript.trajs_per_batch=2", "ript.num_steps=1",
          "ript.ppo_epochs=1", "ript.minibatch_size=2", "ript.max_context_draws=1",
          "ript.dynamic_sampling=false"],  # keep the uniform group: the PPO step runs
         capture_output=True, text=True, timeout=850,

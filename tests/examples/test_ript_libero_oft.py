@@ -42,7 +42,7 @@ def test_oft_config_runs_a_local_hf_vla(tmp_path):
          "env.max_steps=16", "env.num_envs=1", "policy.overrides.lora_rank=4", "policy.overrides.lora_alpha=4",
          "+policy.overrides.head_hidden=16", "+policy.overrides.scale_hidden=16",
          "sft.steps=3", "sft.scale_steps=3", "sft.batch_size=4", "eval.per_task=1", "eval.videos=0",
-         "eval.during_training_per_task=0", "ript.group_size=2", "ript.batch_size=2", "ript.num_steps=1",
+         "eval.during_training_per_task=0", "ript.group_size=2", "ript.trajs_per_batch=2", "ript.num_steps=1",
          "ript.minibatch_size=2", "ript.max_context_draws=1", "ript.dynamic_sampling=false"],
         capture_output=True, text=True, timeout=650,
     )

@@ -116,12 +116,14 @@ def test_regression_policy_updates_on_libero_observations(tmp_path):
     # two cameras + proprio, Laplace policy, rejection off so the PPO step runs
     run = subprocess.run(
         [sys.executable, str(SCRIPT), "--config-name", "ript_libero_smoke", f"hydra.run.dir={tmp_path}",
-         "policy.kind=regression", "ript.dynamic_sampling=false", "ript.num_steps=1", "eval.videos=0"],
+         "policy.kind=regression", "ript.dynamic_sampling=false", "ript.num_steps=1", "eval.videos=0",
+         "contexts.sampler=adaptive"],  # the sampler that learns from every finished rollout
         capture_output=True, text=True, timeout=600,
     )
     assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     history = json.loads((tmp_path / "checkpoints" / "history.json").read_text())
     assert history["train"][0]["train/batch"] == 2
+    assert "RIPT contexts from init_files, adaptive sampler" in run.stdout
     from torchrl_ript.models.checkpoint import load_policy
     from torchrl_ript.models.regression_policy import RegressionPolicy
 

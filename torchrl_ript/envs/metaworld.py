@@ -33,6 +33,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, NonTensor, Unbounded
 from torchrl.envs import EnvBase
 
+from torchrl_ript.data.context import ContextDataset
 from torchrl_ript.envs.common import (
     CONTEXT_STATE_KEY,
     ENV_STEPS_KEY,
@@ -372,8 +373,6 @@ def metaworld_contexts(task_names, n_per_task: int, *, seed: int, **kwargs):
         >>> len(ds), ds.state_dim, ds.instruction(1)
         (6, 6, 'push the puck to the goal')
     """
-    from torchrl_ript.data.context import ContextDataset
-
     task_names = list(task_names)
     for name in task_names:
         _check_task(name)

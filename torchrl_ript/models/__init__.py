@@ -1,7 +1,13 @@
 """RIPT policies: QueST token policy, OFT-style Laplace regression policy,
-Hugging Face VLAs with LoRA (``torchrl_ript.models.hf_vla``, needs the
-``transformers``/``peft`` extra), and checkpoint helpers."""
-from torchrl_ript.models.checkpoint import load_policy, save_policy
+Hugging Face VLAs with LoRA (``torchrl_ript.models.hf_vla``; building or
+loading one needs the ``transformers``/``peft`` extra), the policy registry
+(:mod:`torchrl_ript.models.registry`: one entry per kind) and checkpoint
+helpers.
+
+Importing this package registers the built-in kinds ``"quest"``,
+``"regression"`` and ``"hf"``.
+"""
+from torchrl_ript.models.checkpoint import CheckpointError, load_policy, save_policy
 from torchrl_ript.models.common import (
     EncoderConfig,
     ObservationEncoder,
@@ -9,12 +15,7 @@ from torchrl_ript.models.common import (
     count_parameters,
     instruction_strings,
 )
-from torchrl_ript.models.regression_policy import (
-    RegressionConfig,
-    RegressionPolicy,
-    make_regression_actor,
-    regression_config,
-)
+from torchrl_ript.models.hf_vla import HFVLAConfig, HFVLAPolicy
 from torchrl_ript.models.language import (
     HashedBagOfWords,
     LanguageEncoder,
@@ -31,6 +32,26 @@ from torchrl_ript.models.quest import (
     SkillPrior,
     make_quest_actor,
     quest_config,
+)
+from torchrl_ript.models.registry import (
+    BuildSpec,
+    PolicyBundle,
+    PolicyKind,
+    SFTOptions,
+    build_policy,
+    policy_kind,
+    policy_kind_of,
+    policy_kinds,
+    register_policy_kind,
+    set_sampling,
+    unregister_policy_kind,
+    wrap_policy,
+)
+from torchrl_ript.models.regression_policy import (
+    RegressionConfig,
+    RegressionPolicy,
+    make_regression_actor,
+    regression_config,
 )
 
 __all__ = [
@@ -56,6 +77,21 @@ __all__ = [
     "RegressionPolicy",
     "make_regression_actor",
     "regression_config",
+    "HFVLAConfig",
+    "HFVLAPolicy",
+    "BuildSpec",
+    "PolicyBundle",
+    "PolicyKind",
+    "SFTOptions",
+    "build_policy",
+    "policy_kind",
+    "policy_kind_of",
+    "policy_kinds",
+    "register_policy_kind",
+    "set_sampling",
+    "unregister_policy_kind",
+    "wrap_policy",
     "save_policy",
     "load_policy",
+    "CheckpointError",
 ]

@@ -22,6 +22,13 @@ from a local folder) into the network of a Laplace (or Gaussian) actor:
 Rows are left-padded with explicit ``position_ids``, so a row's output does
 not depend on the other rows of the batch (the collector and the loss batch
 differently, and the log-probs must agree).
+
+The policy kind ``"hf"`` (:mod:`torchrl_ript.models.registry`) is registered
+at the end of this module: built from a local folder, trained with the
+regression policy's SFT recipe, checkpointed as adapters + heads (with the
+backbone's folder). ``transformers``, ``peft`` and ``tokenizers`` are an
+optional extra: they are imported where they are used, so importing this
+module (and registering the kind) does not need them.
 """
 from __future__ import annotations
 
@@ -37,9 +44,11 @@ from torch import nn
 from torchrl.modules import MLP
 
 from torchrl_ript.models.common import IMAGE_KEY, INSTRUCTION_KEY, call_flat, count_parameters, instruction_strings
+from torchrl_ript.models.registry import BuildSpec, PolicyKind, register_policy_kind
+from torchrl_ript.models.regression_policy import make_regression_actor, regression_sft
 from torchrl_ript.modules.scale_head import ScaleHead
 
-__all__ = ["HFVLAConfig", "HFVLAPolicy", "ByteTokenizer", "make_hf_tokenizer", "save_tiny_llava"]
+__all__ = ["HFVLAConfig", "HFVLAPolicy", "ByteTokenizer", "make_hf_tokenizer", "save_tiny_llava", "HF_KIND"]
 
 _LANGUAGE_LINEAR = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
@@ -144,7 +153,7 @@ class HFVLAPolicy(TensorDictModuleBase):
         apply_lora: bool = True,
     ) -> None:
         super().__init__()
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model  # optional extra: imported only when a VLA is built
 
         self.config = config
         self.tokenizer = tokenizer
@@ -199,7 +208,7 @@ class HFVLAPolicy(TensorDictModuleBase):
         **kwargs,
     ) -> HFVLAPolicy:
         """Load backbone + tokenizer from a *local* folder (never the hub)."""
-        import transformers
+        import transformers  # optional extra: imported only when a VLA is loaded
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         model_class = model_class or getattr(transformers, "AutoModelForImageTextToText", None) or transformers.AutoModelForVision2Seq
@@ -352,6 +361,7 @@ def save_tiny_llava(path: str | os.PathLike, *, image_size: int = 32, hidden: in
         >>> policy.config.num_image_tokens, policy.num_parameters()["lora"] > 0
         (16, True)
     """
+    # optional extra: imported only when a tiny VLA is written
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import (
         CLIPVisionConfig,
@@ -389,3 +399,49 @@ def save_tiny_llava(path: str | os.PathLike, *, image_size: int = 32, hidden: in
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+# -- the "hf" policy kind -------------------------------------------------------------------
+def _build(spec: BuildSpec) -> HFVLAPolicy:
+    if not spec.pretrained:
+        raise ValueError(
+            "policy.kind=hf needs policy.pretrained=/local/folder of a transformers VLA checkpoint "
+            "(LLaVA-style: config.json, weights, tokenizer; e.g. an OpenVLA-OFT-style model). "
+            "No model hub is used. For a smoke run, save a tiny random one with "
+            "torchrl_ript.models.hf_vla.save_tiny_llava(folder)."
+        )
+    unknown = sorted(set(spec.overrides) - set(HFVLAConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown HFVLAConfig field(s) in policy.overrides: {unknown}.")
+    config = HFVLAConfig(action_dim=spec.action_dim, **spec.overrides)
+    return HFVLAPolicy.from_pretrained(spec.pretrained, config, image_key=tuple(spec.image_keys)[0])
+
+
+def _load(config: dict, state: dict) -> HFVLAPolicy:
+    """A checkpoint holds adapters and heads; the frozen backbone is read from its folder again."""
+    config = dict(config)
+    folder = config.get("pretrained")
+    if not folder or not os.path.isdir(folder):
+        raise FileNotFoundError(
+            f"this hf policy checkpoint holds LoRA adapters and heads only; its backbone folder "
+            f"{folder!r} is missing: copy the checkpoint folder there, or load it with "
+            "HFVLAPolicy.from_pretrained(<folder>, HFVLAConfig(**payload['config'])) and "
+            "load_trainable_state_dict(payload['state_dict'])."
+        )
+    for key in ("image_mean", "image_std"):
+        config[key] = tuple(config[key])
+    policy = HFVLAPolicy.from_pretrained(folder, HFVLAConfig(**config))
+    policy.load_trainable_state_dict(state)
+    return policy
+
+
+HF_KIND = register_policy_kind(PolicyKind(
+    name="hf",
+    network_class=HFVLAPolicy,
+    config_class=HFVLAConfig,
+    build=_build,
+    make_actor=make_regression_actor,
+    sft=regression_sft,
+    checkpoint_state=lambda network: network.trainable_state_dict(),
+    load=_load,
+))

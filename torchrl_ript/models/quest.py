@@ -26,6 +26,13 @@ Learning Continuous Control", NeurIPS 2024; own implementation):
   ``False``) and only scores them.
 * :func:`make_quest_actor` builds that actor; :class:`QuestDecoder` is the
   rollout decoder (tokens -> first ``n_exec`` actions of the chunk).
+* SFT: :func:`train_quest_autoencoder` (stage 1, L1 reconstruction), then
+  :func:`train_quest_prior` (stage 2, token NLL, autoencoder frozen);
+  :func:`train_quest` runs both. A fine-tune from a pretrained policy runs
+  stage 2 only (the skill tokenizer is kept).
+
+The policy kind ``"quest"`` (:mod:`torchrl_ript.models.registry`) is
+registered at the end of this module.
 """
 from __future__ import annotations
 
@@ -41,7 +48,10 @@ from torch import nn
 from torchrl.envs.utils import ExplorationType, exploration_type
 from torchrl.modules import ProbabilisticActor
 
+from torchrl_ript.models.bc import masked_l1, train_bc
 from torchrl_ript.models.common import EncoderConfig, ObservationEncoder, call_flat, count_parameters
+from torchrl_ript.models.registry import BuildSpec, PolicyBundle, PolicyKind, SFTOptions, register_policy_kind
+from torchrl_ript.modules.actors import make_rollout_policy
 from torchrl_ript.modules.distributions import TokenCategorical
 
 __all__ = [
@@ -53,6 +63,12 @@ __all__ = [
     "QuestActor",
     "make_quest_actor",
     "quest_config",
+    "quest_autoencoder_loss",
+    "quest_prior_loss",
+    "train_quest_autoencoder",
+    "train_quest_prior",
+    "train_quest",
+    "QUEST_KIND",
 ]
 
 
@@ -168,7 +184,7 @@ class SkillAutoencoder(nn.Module):
 
     def __init__(self, config: QuestConfig) -> None:
         super().__init__()
-        from vector_quantize_pytorch import FSQ
+        from vector_quantize_pytorch import FSQ  # optional extra (quest): only when a QueST policy is built
 
         c = config
         self.config = c
@@ -469,3 +485,88 @@ def make_quest_actor(policy: QuestPolicy, *, log_prob_key: NestedKey = "action_l
         return_log_prob=True,
         log_prob_key=log_prob_key,
     )
+
+
+# -- SFT ------------------------------------------------------------------------------
+def quest_autoencoder_loss(policy: QuestPolicy, batch: TensorDictBase, *, mask_key: NestedKey | None = None) -> torch.Tensor:
+    """Stage 1: L1 reconstruction of the action chunk (QueST trains on full,
+    padded chunks; pass ``mask_key`` to ignore the padding)."""
+    actions = batch.get("action")
+    recon, _ = policy.autoencoder(actions)
+    mask = batch.get(mask_key) if mask_key is not None else None
+    return masked_l1(recon, actions, mask)
+
+
+def quest_prior_loss(policy: QuestPolicy, batch: TensorDictBase) -> torch.Tensor:
+    """Stage 2: cross-entropy of the (frozen) autoencoder's tokens under the prior."""
+    with torch.no_grad():
+        tokens = policy.autoencoder.encode(batch.get("action"))
+    logits = policy.token_logits(policy.context(batch), tokens)
+    return nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten())
+
+
+def train_quest_autoencoder(policy: QuestPolicy, batches, *, steps: int = 1000, lr: float = 1e-4, **kwargs) -> list[float]:
+    """QueST stage 1: autoencoder by L1 reconstruction."""
+    return train_bc(
+        policy, lambda b: quest_autoencoder_loss(policy, b), policy.autoencoder.parameters(), batches,
+        steps=steps, lr=lr, desc="quest autoencoder", **kwargs,
+    )
+
+
+def train_quest_prior(policy: QuestPolicy, batches, *, steps: int = 1000, lr: float = 1e-4, **kwargs) -> list[float]:
+    """QueST stage 2: prior + observation encoders by token NLL, autoencoder frozen."""
+    return train_bc(
+        policy, lambda b: quest_prior_loss(policy, b), policy.parameter_groups()["prior"], batches,
+        steps=steps, lr=lr, desc="quest prior", **kwargs,
+    )
+
+
+def train_quest(policy: QuestPolicy, batches, *, ae_steps: int = 1000, prior_steps: int = 1000, lr: float = 1e-4, **kwargs) -> dict[str, list[float]]:
+    """Both QueST stages; returns ``{"autoencoder": [...], "prior": [...]}``."""
+    return {
+        "autoencoder": train_quest_autoencoder(policy, batches, steps=ae_steps, lr=lr, **kwargs),
+        "prior": train_quest_prior(policy, batches, steps=prior_steps, lr=lr, **kwargs),
+    }
+
+
+# -- the "quest" policy kind ----------------------------------------------------------------
+def _build(spec: BuildSpec) -> QuestPolicy:
+    return QuestPolicy(quest_config(spec.preset, action_dim=spec.action_dim, encoder=spec.encoder(), **spec.overrides))
+
+
+def _sft(bundle: PolicyBundle, batches, options: SFTOptions) -> dict[str, list[float]]:
+    """Autoencoder (``autoencoder_steps``, default ``steps``), then the prior (``steps``)."""
+    return train_quest(
+        bundle.network, batches, ae_steps=options.autoencoder_steps or options.steps, prior_steps=options.steps,
+        lr=options.lr, progress=options.progress,
+    )
+
+
+def _finetune(bundle: PolicyBundle, batches, options: SFTOptions) -> dict[str, list[float]]:
+    """The prior only: the target's actions are written in the pretrained skill tokens."""
+    return {"prior": train_quest_prior(bundle.network, batches, steps=options.steps, lr=options.lr,
+                                       progress=options.progress)}
+
+
+def _check_sampling(network: QuestPolicy, options: dict) -> None:
+    top_k = options.get("top_k")
+    if top_k is not None and not 1 <= int(top_k) <= network.config.vocab_size:
+        raise ValueError(f"top_k must be in [1, {network.config.vocab_size}] (the token vocabulary), got {top_k}.")
+    if options.get("temperature", 1.0) <= 0:
+        raise ValueError(f"temperature must be > 0, got {options['temperature']}.")
+
+
+QUEST_KIND = register_policy_kind(PolicyKind(
+    name="quest",
+    network_class=QuestPolicy,
+    config_class=QuestConfig,
+    build=_build,
+    make_actor=make_quest_actor,
+    make_policy=lambda network, actor: make_rollout_policy(actor, QuestDecoder(network)),
+    sampled_key="action_tokens",
+    n_exec=lambda network: network.config.n_exec,
+    sft=_sft,
+    finetune=_finetune,
+    sampling_fields=("temperature", "top_k"),
+    check_sampling=_check_sampling,
+))

@@ -7,9 +7,17 @@ MSE for a Gaussian head) and a :class:`~torchrl_ript.modules.ScaleHead` on
 the same trunk features, fitted afterwards by NLL (:func:`fit_scale_head`)
 with everything else frozen. :func:`make_regression_actor` wraps it as the
 core's Laplace (``l1``) or Gaussian (``mse``) actor.
+
+SFT (:func:`regression_sft`): :func:`train_regression` (mean head, L1 or
+MSE), then :func:`fit_regression_scale` (scale head by NLL, everything else
+frozen; :func:`torchrl_ript.modules.fit_scale_head`); a fine-tune from a
+pretrained policy runs the same two stages. The policy kind ``"regression"``
+(:mod:`torchrl_ript.models.registry`) is registered at the end of this module.
 """
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -19,11 +27,23 @@ from tensordict.utils import NestedKey
 from torch import nn
 from torchrl.modules import MLP, ProbabilisticActor
 
+from torchrl_ript.models.bc import masked_l1, train_bc
 from torchrl_ript.models.common import EncoderConfig, ObservationEncoder, call_flat, count_parameters
+from torchrl_ript.models.registry import BuildSpec, PolicyBundle, PolicyKind, SFTOptions, register_policy_kind
 from torchrl_ript.modules.actors import make_continuous_actor
-from torchrl_ript.modules.scale_head import ScaleHead
+from torchrl_ript.modules.scale_head import ScaleHead, fit_scale_head
 
-__all__ = ["RegressionConfig", "RegressionPolicy", "make_regression_actor", "regression_config"]
+__all__ = [
+    "RegressionConfig",
+    "RegressionPolicy",
+    "make_regression_actor",
+    "regression_config",
+    "regression_loss",
+    "train_regression",
+    "fit_regression_scale",
+    "regression_sft",
+    "REGRESSION_KIND",
+]
 
 
 @dataclass
@@ -156,3 +176,82 @@ def make_regression_actor(policy: TensorDictModuleBase, *, scale_multiplier: flo
         scale_multiplier=scale_multiplier,
         **kwargs,
     )
+
+
+# -- SFT ------------------------------------------------------------------------------
+def regression_loss(policy: RegressionPolicy, batch: TensorDictBase, *, mask_key: NestedKey = "action_mask") -> torch.Tensor:
+    """L1 (``config.loss="l1"``) or MSE of the mean head on unpadded steps."""
+    mask = batch.get(mask_key, None)
+    loc = policy.mean(policy.features(batch))
+    return masked_l1(loc, batch.get("action"), mask, squared=policy.config.loss == "mse")
+
+
+def train_regression(policy: RegressionPolicy, batches, *, steps: int = 1000, lr: float = 1e-4, **kwargs) -> list[float]:
+    """Mean (action) head + encoders by L1 / MSE; the scale head is untouched."""
+    return train_bc(
+        policy, lambda b: regression_loss(policy, b), policy.parameter_groups()["policy"], batches,
+        steps=steps, lr=lr, desc="regression", **kwargs,
+    )
+
+
+def fit_regression_scale(
+    policy: RegressionPolicy,
+    batches,
+    *,
+    steps: int = 500,
+    lr: float = 1e-3,
+    actor=None,
+    max_batches: int = 64,
+    progress: bool = True,
+) -> list[float]:
+    """Scale head by the actor's NLL (Section 4.3), all other weights frozen.
+
+    An endless iterator (e.g. :func:`~torchrl_ript.trainers.sft.batch_iterator`)
+    is sampled for ``max_batches`` batches that are then cycled
+    (``fit_scale_head`` keeps what it cycles, so an endless source would
+    grow without bound).
+    """
+    actor = actor if actor is not None else make_regression_actor(policy)
+    if isinstance(batches, Iterator):
+        batches = list(itertools.islice(batches, min(steps, max_batches)))
+    was_training = policy.training
+    policy.eval()
+    try:
+        return fit_scale_head(
+            actor, policy.scale_head.parameters(), batches, steps=steps, lr=lr,
+            mask_key="action_mask", progress=progress,
+        )
+    finally:
+        policy.train(was_training)
+
+
+def regression_sft(bundle: PolicyBundle, batches, options: SFTOptions) -> dict[str, list[float]]:
+    """The SFT recipe of a mean + scale head policy (regression, HF VLA): the
+    mean head by L1 (``steps``), then the scale head by NLL (``scale_steps``).
+
+    A fine-tune runs the same: the pretrained scale describes the source tasks.
+    """
+    network = bundle.network
+    history = {"regression": train_regression(network, batches, steps=options.steps, lr=options.lr,
+                                              progress=options.progress)}
+    history["scale"] = fit_regression_scale(
+        network, batches, steps=options.scale_steps, actor=bundle.actor, progress=options.progress
+    )
+    return history
+
+
+# -- the "regression" policy kind -----------------------------------------------------------
+def _build(spec: BuildSpec) -> RegressionPolicy:
+    return RegressionPolicy(
+        regression_config(spec.preset, action_dim=spec.action_dim, encoder=spec.encoder(), **spec.overrides)
+    )
+
+
+REGRESSION_KIND = register_policy_kind(PolicyKind(
+    name="regression",
+    network_class=RegressionPolicy,
+    config_class=RegressionConfig,
+    build=_build,
+    make_actor=make_regression_actor,
+    sft=regression_sft,
+))

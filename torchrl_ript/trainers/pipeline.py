@@ -1,161 +1,94 @@
-"""Stages shared by the benchmark pipelines: [pretrain ->] SFT -> evaluate -> RIPT.
+"""Stages shared by the benchmark pipelines: [pretrain ->] SFT -> evaluate -> RIPT -> evaluate -> report.
 
 The MetaWorld and LIBERO examples differ in their env, demos and contexts;
-what they do with a policy is the same and lives here:
+what they do with a policy is the same and lives here, one function per stage:
 
-* :func:`load_or_train_policy`: SFT from scratch (or load a checkpoint);
-  with ``start_from=`` a pretrained checkpoint it fine-tunes instead
-  (:func:`finetune_sft`: QueST keeps its pretrained tokenizer and trains the
-  prior; the regression policy trains its mean head and refits its scale
-  head);
+* :func:`files_from_main_rank`: demo files made on rank 0 only, copied to the
+  other ranks under ``torchrun``;
 * :func:`load_or_pretrain`: the pretrain stage, multitask SFT on source tasks
   (:func:`train_sft`), saved as the checkpoint the target SFT starts from;
-* :func:`collection_summary`: informative-group rate and env steps per
-  informative group of a RIPT run.
+* :func:`load_or_train_policy`: SFT from scratch (or load a checkpoint);
+  with ``start_from=`` a pretrained checkpoint it fine-tunes instead
+  (:func:`finetune_sft`); under ``torchrun`` rank 0 trains and the other
+  ranks receive its checkpoint;
+* :func:`evaluate_stage`: held-out success rates in each exploration mode, GIFs;
+* :func:`ript_stage`: collector + trainer, RIPT, the RIPT policy file;
+* :func:`plot_stage`: the success-rate plot;
+* :func:`result_line` / :func:`print_result_line`: the run's JSON line.
+
+What depends on the kind of policy (build, actor, SFT recipe, sampling
+options, checkpoint) is its :class:`~torchrl_ript.models.registry.PolicyKind`;
+:func:`build_policy`, :func:`wrap_policy` and :func:`set_sampling` are
+re-exported from :mod:`torchrl_ript.models.registry`.
 """
 from __future__ import annotations
 
 import json
-import math
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
-from tensordict.nn import TensorDictModuleBase
 from torch import nn
-from torchrl.modules import ProbabilisticActor
 
 from torchrl_ript.config import RIPTConfig
 from torchrl_ript.data.demos import DemoFile
 from torchrl_ript.data.samplers import AdaptiveSampler, make_sampler
 from torchrl_ript.models.checkpoint import load_policy, save_policy
-from torchrl_ript.models.common import EncoderConfig
-from torchrl_ript.models.regression_policy import RegressionPolicy, make_regression_actor, regression_config
-from torchrl_ript.models.quest import QuestDecoder, QuestPolicy, make_quest_actor, quest_config
-from torchrl_ript.modules.actors import make_rollout_policy
+from torchrl_ript.models.registry import (
+    PolicyBundle,
+    SFTOptions,
+    build_policy,
+    policy_kind,
+    set_sampling,
+    wrap_policy,
+)
 from torchrl_ript.trainers import sft
+from torchrl_ript.trainers.ddp import DistributedContext
+from torchrl_ript.trainers.evaluate import EXPLORATION_MODES, evaluate_modes, save_video
+from torchrl_ript.trainers.factory import make_collector, make_logger, make_ript_trainer
+from torchrl_ript.trainers.plots import plot_success_rate
+from torchrl_ript.trainers.ript import RIPTTrainer
 from torchrl_ript.trainers.stats import paired_success_test
 
 __all__ = [
     "PolicyBundle",
     "build_policy",
     "wrap_policy",
+    "set_sampling",
+    "policy_sampling",
     "train_sft",
     "finetune_sft",
+    "files_from_main_rank",
     "load_or_train_policy",
     "load_or_pretrain",
     "collection_summary",
+    "collection_totals",
     "context_sampler",
     "paired_results",
-    "set_sampling",
     "sft_options",
     "ript_config",
+    "rank_output_dir",
+    "evaluate_stage",
+    "ript_stage",
+    "plot_stage",
+    "result_line",
     "print_result_line",
+    "set_num_threads",
 ]
 
-POLICY_KINDS = ("quest", "regression", "hf")
-# sampling options: not architecture, so they may change on a trained checkpoint
-SAMPLING_FIELDS = {QuestPolicy: ("temperature", "top_k"), RegressionPolicy: ()}
 
+def policy_sampling(kind: str, options: Mapping | None) -> dict | None:
+    """A config's ``policy.sampling`` for policies of ``kind``: ``options`` when the
+    kind has sampling options (QueST: ``temperature``, ``top_k``), else ``None``
+    (the other kinds sample their distribution as it is).
 
-@dataclass
-class PolicyBundle:
-    """A network with the two modules RIPT needs from it.
-
-    Attributes:
-        kind: ``"quest"`` (token actor), ``"regression"`` (Laplace/Gaussian) or
-            ``"hf"`` (a Hugging Face VLA with LoRA, Laplace head).
-        network: the :class:`QuestPolicy` / :class:`RegressionPolicy` /
-            :class:`~torchrl_ript.models.hf_vla.HFVLAPolicy`.
-        actor: the ``ProbabilisticActor`` the PPO loss scores.
-        policy: what rollouts run (QueST: actor then token decoder).
-        sampled_key: the entry the loss scores (``"action_tokens"`` / ``"action"``).
-        n_exec: actions executed per decision (the env's ``action_chunk``).
+    Examples:
+        >>> policy_sampling("quest", {"top_k": 5}), policy_sampling("regression", {"top_k": 5})
+        ({'top_k': 5}, None)
     """
-
-    kind: str
-    network: nn.Module
-    actor: ProbabilisticActor
-    policy: TensorDictModuleBase
-    sampled_key: str
-    n_exec: int
-
-    def decisions(self, max_env_steps: int) -> int:
-        """Decision steps that cover ``max_env_steps`` env steps."""
-        return math.ceil(max_env_steps / self.n_exec)
-
-
-def build_policy(
-    kind: str,
-    *,
-    preset: str,
-    action_dim: int,
-    state_dim: int,
-    image_keys: tuple,
-    image_size: int,
-    overrides: dict | None = None,
-    encoder_overrides: dict | None = None,
-    pretrained: str | None = None,
-) -> PolicyBundle:
-    """A fresh (untrained) policy of ``kind`` at ``preset`` size.
-
-    ``kind="hf"`` loads a Hugging Face VLA from the *local* folder
-    ``pretrained`` and adds LoRA and fresh action/scale heads
-    (:class:`~torchrl_ript.models.hf_vla.HFVLAConfig` fields in ``overrides``;
-    ``preset`` and the encoder settings do not apply: the backbone has its own).
-    """
-    if kind not in POLICY_KINDS:
-        raise ValueError(f"policy kind must be one of {POLICY_KINDS}, got {kind!r}.")
-    if kind == "hf":
-        return _build_hf(pretrained, action_dim=action_dim, image_key=tuple(image_keys)[0], overrides=overrides)
-    encoder = dict(encoder_overrides or {})
-    encoder.update(image_keys=tuple(image_keys), image_size=image_size, state_dim=state_dim)
-    make_config = quest_config if kind == "quest" else regression_config
-    config = make_config(preset, action_dim=action_dim, encoder=encoder, **dict(overrides or {}))
-    network = QuestPolicy(config) if kind == "quest" else RegressionPolicy(config)
-    return wrap_policy(network)
-
-
-def wrap_policy(network: nn.Module) -> PolicyBundle:
-    """Wrap a trained (or loaded) network as actor + rollout policy."""
-    network.eval()  # no dropout/BN noise: sampling-time and loss log-probs must agree
-    if isinstance(network, QuestPolicy):
-        actor = make_quest_actor(network)
-        policy = make_rollout_policy(actor, QuestDecoder(network))
-        return PolicyBundle("quest", network, actor, policy, "action_tokens", network.config.n_exec)
-    if isinstance(network, RegressionPolicy):
-        actor = make_regression_actor(network)
-        return PolicyBundle("regression", network, actor, actor, "action", network.config.chunk_size)
-    if _is_hf(network):
-        actor = make_regression_actor(network)
-        return PolicyBundle("hf", network, actor, actor, "action", network.config.chunk_size)
-    raise TypeError(f"cannot wrap {type(network).__name__}: use a QuestPolicy, RegressionPolicy or HFVLAPolicy.")
-
-
-def _is_hf(network: nn.Module) -> bool:
-    # transformers/peft are optional: do not import hf_vla unless it is in use
-    cls = type(network)
-    return cls.__name__ == "HFVLAPolicy" and cls.__module__ == "torchrl_ript.models.hf_vla"
-
-
-def _build_hf(pretrained, *, action_dim: int, image_key, overrides: dict | None) -> PolicyBundle:
-    if not pretrained:
-        raise ValueError(
-            "policy.kind=hf needs policy.pretrained=/local/folder of a transformers VLA checkpoint "
-            "(LLaVA-style: config.json, weights, tokenizer; e.g. an OpenVLA-OFT-style model). "
-            "No model hub is used. For a smoke run, save a tiny random one with "
-            "torchrl_ript.models.hf_vla.save_tiny_llava(folder)."
-        )
-    from torchrl_ript.models.hf_vla import HFVLAConfig, HFVLAPolicy
-
-    overrides = dict(overrides or {})
-    unknown = sorted(set(overrides) - set(HFVLAConfig.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"unknown HFVLAConfig field(s) in policy.overrides: {unknown}.")
-    config = HFVLAConfig(action_dim=action_dim, **overrides)
-    return wrap_policy(HFVLAPolicy.from_pretrained(pretrained, config, image_key=image_key))
+    return dict(options or {}) if policy_kind(kind).sampling_fields else None
 
 
 def train_sft(
@@ -170,38 +103,14 @@ def train_sft(
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, list[float]]:
-    """Behaviour cloning: QueST autoencoder then prior; regression mean then scale."""
-    network = bundle.network
-    batches = _demo_batches(network, files, batch_size, seed)
-    if bundle.kind == "quest":
-        history = sft.train_quest(
-            network, batches, ae_steps=autoencoder_steps or steps, prior_steps=steps, lr=lr,
-            progress=progress,
-        )
-    else:
-        history = _fit_regression(bundle, batches, steps, lr, scale_steps, progress)
-    network.eval()
-    return history
-
-
-def _demo_batches(network: nn.Module, files: list[DemoFile], batch_size: int, seed: int):
-    """Minibatches of the demos cut into the network's action chunks, after checking they fit it."""
-    data = sft.chunk_demo_files(files, network.config.chunk_size)
-    demo_dim, net_dim = data["action"].shape[-1], network.config.action_dim
-    if demo_dim != net_dim:
-        raise ValueError(
-            f"the demos hold {demo_dim}-dim actions but the policy outputs {net_dim}: record demos "
-            f"in this env's action space, or build the policy with action_dim={demo_dim}."
-        )
-    return sft.batch_iterator(data, batch_size, seed=seed)
-
-
-def _fit_regression(bundle: PolicyBundle, batches, steps: int, lr: float, scale_steps: int, progress: bool) -> dict:
-    """Regression policy: the mean head by L1, then the scale head by NLL."""
-    history = {"regression": sft.train_regression(bundle.network, batches, steps=steps, lr=lr, progress=progress)}
-    history["scale"] = sft.fit_regression_scale(
-        bundle.network, batches, steps=scale_steps, actor=bundle.actor, progress=progress
-    )
+    """Behaviour cloning from scratch with the kind's SFT recipe
+    (:attr:`~torchrl_ript.models.registry.PolicyKind.sft`: QueST autoencoder
+    then prior; regression mean then scale). Returns the per-step losses by stage."""
+    batches = _demo_batches(bundle.network, files, batch_size, seed)
+    options = SFTOptions(steps=steps, lr=lr, autoencoder_steps=autoencoder_steps, scale_steps=scale_steps,
+                         progress=progress)
+    history = policy_kind(bundle.kind).sft(bundle, batches, options)
+    bundle.network.eval()
     return history
 
 
@@ -217,7 +126,8 @@ def finetune_sft(
     progress: bool = True,
     **_unused,
 ) -> dict[str, list[float]]:
-    """SFT of a *pretrained* policy on a target's few demos.
+    """SFT of a *pretrained* policy on a target's few demos (the kind's
+    :attr:`~torchrl_ript.models.registry.PolicyKind.finetune` recipe).
 
     QueST keeps its pretrained skill tokenizer (the autoencoder is frozen: the
     target's actions are written in the tokens it learned on the source tasks)
@@ -226,49 +136,23 @@ def finetune_sft(
     on the target demos (the pretrained scale describes the source tasks).
     ``autoencoder_steps`` (and other :func:`train_sft` keywords) are ignored.
     """
-    network = bundle.network
-    batches = _demo_batches(network, files, batch_size, seed)
-    if bundle.kind == "quest":
-        history = {"prior": sft.train_quest_prior(network, batches, steps=steps, lr=lr, progress=progress)}
-    else:
-        history = _fit_regression(bundle, batches, steps, lr, scale_steps, progress)
-    network.eval()
+    batches = _demo_batches(bundle.network, files, batch_size, seed)
+    options = SFTOptions(steps=steps, lr=lr, scale_steps=scale_steps, progress=progress)
+    history = policy_kind(bundle.kind).finetune_recipe()(bundle, batches, options)
+    bundle.network.eval()
     return history
 
 
-def set_sampling(network: nn.Module, **options) -> nn.Module:
-    """Change how a built or loaded network samples (QueST: ``temperature``, ``top_k``).
-
-    These options are part of the distribution that rollouts sample from and
-    that the loss scores, so they are safe to change on a trained checkpoint;
-    :func:`save_policy` stores them with the weights. ``None`` values are
-    ignored. It may be called before or after :func:`wrap_policy`: the actor
-    reads the live config on every call, so sampling and scoring agree.
-
-    Examples:
-        >>> from torchrl_ript.models.quest import QuestPolicy, quest_config
-        >>> net = set_sampling(QuestPolicy(quest_config("tiny")), top_k=5)
-        >>> net.config.top_k
-        5
-    """
-    allowed = () if _is_hf(network) else SAMPLING_FIELDS.get(type(network))
-    if allowed is None:
-        raise TypeError(f"no sampling options for {type(network).__name__}.")
-    options = {k: v for k, v in options.items() if v is not None}
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
+def _demo_batches(network: nn.Module, files: list[DemoFile], batch_size: int, seed: int):
+    """Minibatches of the demos cut into the network's action chunks, after checking they fit it."""
+    data = sft.chunk_demo_files(files, network.config.chunk_size)
+    demo_dim, net_dim = data["action"].shape[-1], network.config.action_dim
+    if demo_dim != net_dim:
         raise ValueError(
-            f"{type(network).__name__} has no sampling option(s) {unknown}; "
-            f"valid: {list(allowed) or 'none'}."
+            f"the demos hold {demo_dim}-dim actions but the policy outputs {net_dim}: record demos "
+            f"in this env's action space, or build the policy with action_dim={demo_dim}."
         )
-    top_k = options.get("top_k")
-    if top_k is not None and not 1 <= int(top_k) <= network.config.vocab_size:
-        raise ValueError(f"top_k must be in [1, {network.config.vocab_size}] (the token vocabulary), got {top_k}.")
-    if options.get("temperature", 1.0) <= 0:
-        raise ValueError(f"temperature must be > 0, got {options['temperature']}.")
-    for key, value in options.items():
-        setattr(network.config, key, value)
-    return network
+    return sft.batch_iterator(data, batch_size, seed=seed)
 
 
 def _load_checkpoint(path: str | Path, what: str, hint: str) -> nn.Module:
@@ -276,6 +160,68 @@ def _load_checkpoint(path: str | Path, what: str, hint: str) -> nn.Module:
     if not path.exists():
         raise FileNotFoundError(f"{what} checkpoint {path} does not exist: give an existing file, or {hint}.")
     return load_policy(path)
+
+
+def _on_main_rank(distributed: DistributedContext, make: Callable):
+    """``make()`` on rank 0; every rank gets ``(result, None)`` there and
+    ``(None, error text)`` elsewhere if it failed, so no rank waits for a
+    broadcast that never comes. Call on every rank (a collective)."""
+    result, error = None, None
+    if distributed.is_main:
+        try:
+            result = make()
+        except Exception as err:
+            error = f"{type(err).__name__}: {err}"
+            distributed.broadcast_object((None, error))
+            raise
+    return distributed.broadcast_object((result, error))
+
+
+def files_from_main_rank(
+    make: Callable[[], Sequence[str | Path] | None],
+    *,
+    distributed: DistributedContext | None,
+    folder: str | Path,
+) -> list[Path] | None:
+    """Files made once, on rank 0, and copied to every rank.
+
+    Without ``distributed`` (one process) this is ``make()``. Under
+    ``torchrun`` only rank 0 calls ``make`` (e.g. records the demos); the
+    files' bytes are broadcast (no shared disk needed) and the other ranks
+    write them into ``folder``. Every rank gets the paths of its copy
+    (``None`` when ``make`` returned ``None``). Call it on every rank.
+
+    Examples:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> def record():
+        ...     (folder / "a.txt").write_text("demo")
+        ...     return [folder / "a.txt"]
+        >>> [p.name for p in files_from_main_rank(record, distributed=None, folder=folder)]
+        ['a.txt']
+    """
+    if distributed is None or distributed.world_size == 1:
+        paths = make()
+        return None if paths is None else [Path(p) for p in paths]
+
+    def read():
+        paths = make()
+        return None if paths is None else [(Path(p), Path(p).read_bytes()) for p in paths]
+
+    files, error = _on_main_rank(distributed, read)
+    if error is not None:
+        raise RuntimeError(f"rank 0 failed to make the files this rank needs: {error}")
+    if files is None:
+        return None
+    if distributed.is_main:
+        return [path for path, _ in files]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for path, data in files:
+        (folder / path.name).write_bytes(data)
+        copies.append(folder / path.name)
+    return copies
 
 
 def load_or_train_policy(
@@ -287,6 +233,7 @@ def load_or_train_policy(
     save_to: Path,
     sampling: Mapping | None = None,
     start_from: str | Path | None = None,
+    distributed: DistributedContext | None = None,
     progress: bool = True,
 ) -> tuple[PolicyBundle, dict]:
     """Load ``checkpoint`` when given (skips SFT), else SFT and save.
@@ -297,12 +244,41 @@ def load_or_train_policy(
     it fine-tunes that policy (:func:`finetune_sft`). ``sampling`` (see
     :func:`set_sampling`) applies to the loaded or trained network. Returns
     the bundle and ``{"sft_s": seconds, "history": {...}}``.
+
+    Under ``torchrun`` (``distributed`` with more than one rank) only rank 0
+    runs SFT (and calls ``files_fn``); the other ranks receive its policy
+    file (broadcast, no shared disk needed), save their copy at ``save_to``
+    and load it: every rank starts RIPT from the same weights. Their info
+    says ``"received"`` instead of ``"saved"``.
     """
     sampling = dict(sampling or {})
     if checkpoint:
         network = _load_checkpoint(checkpoint, "policy", "leave policy.checkpoint empty to train one by SFT")
         network = set_sampling(network, **sampling)
         return wrap_policy(network), {"sft_s": 0.0, "history": {}, "loaded": str(checkpoint)}
+    save_to = Path(save_to)
+    if distributed is None or distributed.world_size == 1:
+        return _train_policy(build=build, files_fn=files_fn, sft_options=sft_options, save_to=save_to,
+                             sampling=sampling, start_from=start_from, progress=progress)
+    trained = {}
+
+    def train_and_read():
+        trained["out"] = _train_policy(build=build, files_fn=files_fn, sft_options=sft_options, save_to=save_to,
+                                       sampling=sampling, start_from=start_from, progress=progress)
+        return save_to.read_bytes()
+
+    data, error = _on_main_rank(distributed, train_and_read)
+    if error is not None:
+        raise RuntimeError(f"rank 0's SFT failed, so this rank has no policy: {error}")
+    if distributed.is_main:
+        return trained["out"]
+    save_to.parent.mkdir(parents=True, exist_ok=True)
+    save_to.write_bytes(data)
+    network = set_sampling(load_policy(save_to), **sampling)
+    return wrap_policy(network), {"sft_s": 0.0, "history": {}, "received": str(save_to), "from_rank": 0}
+
+
+def _train_policy(*, build, files_fn, sft_options, save_to: Path, sampling: dict, start_from, progress):
     if start_from:
         network = _load_checkpoint(start_from, "pretrained", "leave it empty to run the pretrain stage")
     else:
@@ -338,7 +314,6 @@ def load_or_pretrain(
 
     Examples:
         >>> import tempfile, numpy as np
-        >>> from pathlib import Path
         >>> from torchrl_ript.data.demos import DemoWriter, read_demos
         >>> folder = Path(tempfile.mkdtemp())
         >>> with DemoWriter(folder / "a.hdf5", task_name="a", language_instruction="do a") as w:
@@ -368,7 +343,12 @@ def load_or_pretrain(
 
 def context_sampler(name: str, *, group_size: int, explore: float = 0.2):
     """The context sampler a config names: ``"uniform"``, ``"per_task"`` or
-    ``"adaptive"`` (for groups of ``group_size``, with ``explore`` uniform draws)."""
+    ``"adaptive"`` (for groups of ``group_size``, with ``explore`` uniform draws).
+
+    Examples:
+        >>> context_sampler("adaptive", group_size=8).name, context_sampler("uniform", group_size=8).name
+        ('adaptive', 'uniform')
+    """
     if name == "adaptive":
         return AdaptiveSampler(group_size=group_size, explore=explore)
     return make_sampler(name)
@@ -395,6 +375,21 @@ def paired_results(before: Mapping | None, after: Mapping, modes: list[str]) -> 
     return {"p_value": tests[modes[0]]["p_value"], "p_value_by_mode": tests}
 
 
+_COLLECTION_KEYS = ("groups_completed", "groups_kept", "groups_all_success", "groups_all_failure",
+                    "contexts_drawn", "rollouts_kept", "env_steps")
+
+
+def collection_totals(history: list[dict]) -> dict:
+    """Sums of a RIPT run's ``collect/*`` counters over its history (0 when absent).
+
+    Examples:
+        >>> collection_totals([{"collect/groups_kept": 2, "collect/env_steps": 10},
+        ...                    {"collect/groups_kept": 1, "train/loss": 0.3}])["groups_kept"]
+        3
+    """
+    return {key: int(sum(r.get(f"collect/{key}", 0) for r in history)) for key in _COLLECTION_KEYS}
+
+
 def collection_summary(history: list[dict], *, dynamic_sampling: bool = True) -> dict:
     """Totals of a RIPT run's collection statistics (``RIPTTrainer.history``).
 
@@ -410,20 +405,18 @@ def collection_summary(history: list[dict], *, dynamic_sampling: bool = True) ->
         ...     "collect/rollouts_kept": 8, "collect/contexts_drawn": 5}])["env_steps_per_informative_group"]
         800.0
     """
-    def total(key):
-        return int(sum(r.get(f"collect/{key}", 0) for r in history))
-
-    completed, kept = total("groups_completed"), total("groups_kept")
-    uniform = total("groups_all_success") + total("groups_all_failure")
+    totals = collection_totals(history)
+    completed, kept = totals["groups_completed"], totals["groups_kept"]
+    uniform = totals["groups_all_success"] + totals["groups_all_failure"]
     informative = kept if dynamic_sampling else kept - uniform
-    env_steps = total("env_steps")
+    env_steps = totals["env_steps"]
     return {
         "groups_completed": completed,
         "groups_informative": informative,
-        "groups_all_success": total("groups_all_success"),
-        "groups_all_failure": total("groups_all_failure"),
-        "contexts_drawn": total("contexts_drawn"),
-        "rollouts_kept": total("rollouts_kept"),
+        "groups_all_success": totals["groups_all_success"],
+        "groups_all_failure": totals["groups_all_failure"],
+        "contexts_drawn": totals["contexts_drawn"],
+        "rollouts_kept": totals["rollouts_kept"],
         "env_steps": env_steps,
         "informative_group_rate": informative / completed if completed else 0.0,
         # None (JSON null) when no group was informative
@@ -432,7 +425,13 @@ def collection_summary(history: list[dict], *, dynamic_sampling: bool = True) ->
 
 
 def sft_options(sft: Mapping, *, seed: int) -> dict:
-    """The :func:`train_sft` keywords of an example's ``sft`` config section."""
+    """The :func:`train_sft` keywords of an example's ``sft`` config section.
+
+    Examples:
+        >>> sft_options({"steps": 5, "autoencoder_steps": 3, "batch_size": 8, "lr": 1e-3, "scale_steps": 2},
+        ...             seed=0)["autoencoder_steps"]
+        3
+    """
     return dict(steps=sft["steps"], autoencoder_steps=sft["autoencoder_steps"],
                 batch_size=sft["batch_size"], lr=sft["lr"], scale_steps=sft["scale_steps"], seed=seed)
 
@@ -445,16 +444,231 @@ def ript_config(values: Mapping, bundle: PolicyBundle, *, max_env_steps: int) ->
     return RIPTConfig.from_mapping(values)
 
 
+def rank_output_dir(out: str | Path, distributed: DistributedContext | None) -> Path:
+    """Where this process writes: ``out`` on rank 0 (and in one process),
+    ``out/rank<r>`` on the other ranks of a ``torchrun`` job.
+
+    Examples:
+        >>> rank_output_dir("run", None), rank_output_dir("run", DistributedContext(rank=1, world_size=2))
+        (PosixPath('run'), PosixPath('run/rank1'))
+    """
+    out = Path(out)
+    return out if distributed is None or distributed.is_main else out / f"rank{distributed.rank}"
+
+
+def evaluate_stage(
+    env,
+    bundle: PolicyBundle,
+    contexts,
+    *,
+    tag: str,
+    horizon: int,
+    modes: list[str],
+    videos: int,
+    out: Path,
+    baseline: Mapping | None = None,
+    lockstep: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Held-out success rates of ``bundle``'s rollout policy in each exploration mode.
+
+    One rollout per context of ``contexts`` and mode
+    (:func:`~torchrl_ript.trainers.evaluate_modes`, the first mode is the
+    headline); the first ``videos`` rollouts are saved as
+    ``out/videos/<tag>_<i>.gif`` and each mode's rates are printed, with the
+    paired test against ``baseline`` (an earlier result of this function on
+    the same contexts, e.g. before RIPT) when given. ``lockstep``: the env
+    slots step with a barrier (``ript.lockstep``: bit-reproducible). Returns
+    :func:`~torchrl_ript.trainers.evaluate_modes`'s result without the frames.
+    """
+    result = evaluate_modes(env, bundle.policy, contexts, horizon=horizon, modes=modes,
+                            record_videos=videos, lockstep=lockstep, progress=progress)
+    for i, frames in enumerate(result.pop("videos")):
+        save_video(frames, Path(out) / "videos" / f"{tag}_{i}.gif")
+    for mode, scores in result["by_mode"].items():
+        print(f"[{tag}] held-out SR ({mode}) {scores['sr']:.3f} over {scores['n']} contexts, "
+              f"per task {scores['per_task']}", flush=True)
+    tests = paired_results(baseline and baseline["by_mode"], result["by_mode"], list(result["by_mode"]))
+    for mode, test in (tests["p_value_by_mode"] or {}).items():
+        print(f"[{tag}] {mode}: SR {test['sr_before']:.3f} -> {test['sr_after']:.3f} on {test['n']} "
+              f"held-out contexts; {test['gained']} newly solved, {test['lost']} lost; one-sided "
+              f"paired (McNemar) p = {test['p_value']:.4f}", flush=True)
+    return result
+
+
+def ript_stage(
+    config: RIPTConfig,
+    *,
+    bundle: PolicyBundle,
+    env_fn: Callable,
+    make_env: Callable,
+    train_contexts,
+    collector_options: Mapping | None,
+    out: Path,
+    eval_env=None,
+    eval_contexts=None,
+    eval_mode: str = "deterministic",
+    initial_eval: Mapping | None = None,
+    distributed: DistributedContext | None = None,
+    logger_kind: str = "csv",
+    log_name: str = "ript",
+    progress: bool = True,
+) -> tuple[RIPTTrainer, dict]:
+    """RIPT on ``bundle``: build the collector and trainer, resume, train, save the policy.
+
+    The collector is the one ``collector_options`` (an example's
+    ``collector:`` section) asks for (:func:`~torchrl_ript.trainers.factory.make_collector`),
+    or the default :class:`~torchrl_ript.collectors.GroupCollector` over
+    ``make_env()`` (an adaptive context sampler hears of every finished
+    rollout through the collector's buffer). The trainer resumes from
+    ``out/checkpoints/latest.pt`` when it exists; otherwise ``initial_eval``
+    (an evaluation record ``{"step": 0, "success_rate", ...}`` of the same
+    contexts as ``eval_contexts``) starts its evaluation history. The trained
+    network is saved as ``out/ript_policy.pt``. Returns the trainer (its
+    collector still running: shut it down after the final evaluation) and
+    ``{"ript_s", "iterations_without_update"}``.
+    """
+    out = Path(out)
+    collector = make_collector(config, collector_options, env_fn=env_fn, policy=bundle.policy,
+                               train_contexts=train_contexts, sampled_action_key=bundle.sampled_key,
+                               distributed=distributed)
+    trainer = make_ript_trainer(
+        config, env=make_env() if collector is None else None, collector=collector, distributed=distributed,
+        eval_env=eval_env, actor=bundle.actor, policy=bundle.policy, sampled_action_key=bundle.sampled_key,
+        train_contexts=train_contexts, eval_contexts=eval_contexts,
+        logger=make_logger(logger_kind, out / "logs", log_name),
+        checkpoint_dir=out / "checkpoints", eval_exploration_type=EXPLORATION_MODES[eval_mode],
+        progress=progress,
+    )
+    resumed = trainer.resume(out / "checkpoints" / "latest.pt")
+    if initial_eval is not None and not resumed:
+        trainer.eval_history.append(dict(initial_eval))
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", RuntimeWarning)  # the draw-limit warning, every step
+        trainer.train()
+    ript_s = time.perf_counter() - start
+    save_policy(bundle.network, out / "ript_policy.pt", extra={"ript_steps": trainer.step})
+    skipped = sum(int(r.get("train/skipped", 0)) for r in trainer.history)
+    if skipped:
+        print(f"[ript] {skipped} of {len(trainer.history)} RIPT iterations made no update: every "
+              f"group of K={config.group_size} rollouts had the same reward (all failed or all "
+              "succeeded), so there was no learning signal. RIPT needs a policy that sometimes "
+              "succeeds (SR_before > 0) and sometimes fails.", flush=True)
+    return trainer, {"ript_s": ript_s, "iterations_without_update": skipped}
+
+
+def plot_stage(
+    trainer: RIPTTrainer,
+    path: str | Path,
+    *,
+    baseline: Mapping | None,
+    final: Mapping,
+    per_task: int,
+    title: str,
+    eval_label: str,
+) -> Path:
+    """The success-rate plot of a RIPT run
+    (:func:`~torchrl_ript.trainers.plots.plot_success_rate`).
+
+    ``baseline`` / ``final`` are the :func:`evaluate_stage` results before
+    and after RIPT (``baseline=None``, or ``by_mode=None``: SFT not
+    evaluated); ``per_task`` is their contexts per task. Without evaluations
+    during training the held-out curve joins the two.
+    """
+    before = baseline["by_mode"] if baseline else None
+    history = trainer.eval_history
+    if not history and before:
+        history = [{"step": 0, "success_rate": baseline["success_rate"]},
+                   {"step": trainer.step, "success_rate": final["success_rate"]}]
+    return plot_success_rate(
+        history, trainer.history, path, title=title, eval_label=eval_label,
+        baseline={m: r["sr"] for m, r in before.items()} if before else None,
+        final={f"{m}, {per_task}/task": r["sr"] for m, r in final["by_mode"].items()},
+    )
+
+
+def result_line(
+    *,
+    fields: Mapping,
+    policy: str,
+    modes: list[str],
+    n_eval: int,
+    baseline: Mapping | None,
+    final: Mapping | None = None,
+    trainer: RIPTTrainer | None = None,
+    dynamic_sampling: bool = True,
+    baseline_name: str = "sft",
+    paired_key: str = "p_value_by_mode",
+    collection: str = "summary",
+    stage_fields: Mapping | None = None,
+    ript_fields: Mapping | None = None,
+    wall_s: float,
+    output_dir: str | Path,
+    config: Mapping | None = None,
+) -> dict:
+    """The run's one-line JSON summary (both benchmark examples build theirs here).
+
+    Keys: ``fields`` (the benchmark's: tasks, suite...), ``policy``,
+    ``eval_modes``, ``n_eval``; the evaluation before RIPT as
+    ``sr_<baseline_name>``, ``..._per_task``, ``..._by_mode`` (``None`` values
+    when ``baseline`` is ``None``); ``stage_fields`` (e.g. stage timings);
+    after RIPT (``trainer`` and ``final`` given) ``sr_ript``,
+    ``sr_ript_per_task``, ``sr_ript_by_mode``, ``iterations``, ``env_steps``,
+    ``p_value`` (one-sided paired McNemar test of the headline mode,
+    :func:`paired_results`) and the per-mode tests under ``paired_key``, the
+    collection statistics (``collection="summary"``: :func:`collection_summary`
+    under ``"collection"``; ``"groups"``: the group totals as top-level keys)
+    and ``ript_fields``; without RIPT ``sr_ript=None``, ``iterations=0``,
+    ``env_steps=0``, ``p_value=None``. Last: ``wall_s``, ``output_dir``,
+    ``config``. (MetaWorld's line uses the defaults; LIBERO's keeps its
+    names: ``baseline_name="before"``, ``paired_key="paired_by_mode"``,
+    ``collection="groups"``.)
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> sft = {"success_rate": 0.0, "per_task": {"a": 0.0}, "by_mode": {"random": {"sr": 0.0, "outcomes": [0, 0]}}}
+        >>> ript = {"success_rate": 1.0, "per_task": {"a": 1.0}, "by_mode": {"random": {"sr": 1.0, "outcomes": [1, 1]}}}
+        >>> trainer = SimpleNamespace(step=1, env_steps=40, history=[{"collect/groups_completed": 2,
+        ...     "collect/groups_kept": 1, "collect/groups_all_failure": 1, "collect/env_steps": 40}])
+        >>> line = result_line(fields={"tasks": ["a"]}, policy="quest", modes=["random"], n_eval=2, baseline=sft,
+        ...                    final=ript, trainer=trainer, wall_s=1.0, output_dir="out")
+        >>> line["sr_sft"], line["sr_ript"], line["p_value"], line["collection"]["groups_informative"]
+        (0.0, 1.0, 0.25, 1)
+    """
+    if collection not in ("summary", "groups"):
+        raise ValueError(f"collection must be 'summary' or 'groups', got {collection!r}.")
+    before = baseline or {"success_rate": None, "per_task": None, "by_mode": None}
+    result = {**fields, "policy": policy, "eval_modes": list(modes), "n_eval": n_eval,
+              f"sr_{baseline_name}": before["success_rate"], f"sr_{baseline_name}_per_task": before["per_task"],
+              f"sr_{baseline_name}_by_mode": before["by_mode"], **(stage_fields or {})}
+    if trainer is None:
+        result.update(sr_ript=None, iterations=0, env_steps=0, p_value=None)
+    else:
+        if final is None:
+            raise ValueError("result_line needs final= (the evaluation after RIPT) with trainer=.")
+        paired = paired_results(before["by_mode"], final["by_mode"], list(modes))
+        result.update(sr_ript=final["success_rate"], sr_ript_per_task=final["per_task"],
+                      sr_ript_by_mode=final["by_mode"], iterations=trainer.step, env_steps=trainer.env_steps,
+                      p_value=paired["p_value"])
+        result[paired_key] = paired["p_value_by_mode"]
+        if collection == "summary":
+            result["collection"] = collection_summary(trainer.history, dynamic_sampling=dynamic_sampling)
+        else:
+            totals = collection_totals(trainer.history)
+            result.update({k: totals[k] for k in ("groups_completed", "groups_kept", "groups_all_success",
+                                                   "groups_all_failure")})
+        result.update(ript_fields or {})
+    result.update(wall_s=wall_s, output_dir=str(output_dir), config=dict(config or {}))
+    return result
+
+
 def print_result_line(result: dict, path: Path | None = None) -> None:
     """Print the run's one-line JSON summary (last line of stdout), and save it."""
     line = json.dumps(result, default=float)
     if path is not None:
         path.write_text(line + "\n")
     print(line, flush=True)
-
-
-def encoder_config_of(bundle: PolicyBundle) -> EncoderConfig:
-    return bundle.network.config.encoder
 
 
 def set_num_threads(threads: int | None) -> None:

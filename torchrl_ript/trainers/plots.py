@@ -5,6 +5,8 @@ import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 
+from matplotlib.figure import Figure  # no pyplot: no GUI backend or global state involved
+
 __all__ = ["plot_success_rate"]
 
 
@@ -26,14 +28,10 @@ def plot_success_rate(
     SFT level (a mapping: one labelled line each); ``final`` maps labels to the SRs of a final (larger)
     evaluation, drawn as stars after the last step.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(8.4, 4.0), dpi=120)
+    fig = Figure(figsize=(8.4, 4.0), dpi=120)
+    ax = fig.subplots()
     if eval_history:
         steps = [e["step"] for e in eval_history]
         ax.plot(steps, [100 * e["success_rate"] for e in eval_history], "o-", lw=2,
@@ -63,5 +61,4 @@ def plot_success_rate(
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: never hides data
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path

@@ -24,6 +24,7 @@ from torchrl.record.loggers import Logger
 from tqdm.auto import tqdm
 
 from torchrl_ript.collectors.group import GroupCollector
+from torchrl_ript.models.checkpoint import CheckpointError
 from torchrl_ript.objectives.ppo import RIPTClipPPOLoss
 
 __all__ = ["RIPTTrainer", "CheckpointError"]
@@ -38,10 +39,6 @@ _TRAIN_STATS = {
     "kl_approx": "train/kl_approx",
     "support_exit_fraction": "train/support_exit_fraction",
 }
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be resumed: unreadable, or for another model or config."""
 
 
 class RIPTTrainer:
