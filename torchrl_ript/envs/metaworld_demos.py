@@ -31,8 +31,10 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from torchrl_ript.data.demos import DemoWriter
 from torchrl_ript.envs.common import context_reset_td
@@ -102,8 +104,7 @@ def record_metaworld_demos(
         >>> path.name
         'reach-v3_demo.hdf5'
     """
-    from metaworld.policies import ENV_POLICY_MAP
-    from tqdm.auto import tqdm
+    from metaworld.policies import ENV_POLICY_MAP  # optional simulator: imported when used
 
     _check_task(task_name)
     if n < 1:
@@ -186,8 +187,6 @@ def ensure_metaworld_demos(
         >>> ensure_metaworld_demos(["reach-v3"], 1, folder=folder, record=False) == paths
         True
     """
-    import h5py
-
     folder = Path(folder)
     paths = []
     for task in task_names:

@@ -24,6 +24,7 @@ Examples:
 from __future__ import annotations
 
 import ctypes.util
+import importlib
 import os
 import sys
 
@@ -93,8 +94,6 @@ def _rebind_mujoco_gl_context(chosen: str) -> None:
             "in the environment before starting Python (or call "
             "select_gl_backend() before importing torchrl/gymnasium/robosuite)."
         )
-    import importlib
-
     importlib.reload(module)
 
 

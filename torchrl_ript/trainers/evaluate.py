@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import imageio.v2 as imageio
 import numpy as np
 import torch
 from tensordict import TensorDictBase
@@ -170,8 +171,6 @@ def evaluate_modes(
 
 def save_video(frames: np.ndarray, path: str | Path, *, fps: int = 10) -> Path:
     """Write ``[T, H, W, 3]`` uint8 frames as GIF (or MP4 when imageio-ffmpeg is installed)."""
-    import imageio.v2 as imageio
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".gif":
