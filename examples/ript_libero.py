@@ -7,7 +7,7 @@
     python examples/ript_libero.py --config-name ript_libero_oft policy.pretrained=/models/vla demos.dir=...
     python examples/ript_libero.py --config-name ript_libero_smoke             # CI, about a minute
 
-Without ``demos.dir`` the scripted experts (``torchrl_ript.envs.libero_demos``)
+Without ``demos.dir`` the scripted experts (``torchrl_ript.envs.libero.experts``)
 record ``demos.per_task`` demos per task, from benchmark init states that are
 not among the ``eval.per_task`` held-out ones. Several tasks train one policy:
 every env worker accepts a context of any of them (``LiberoMultiTaskEnv``).
@@ -22,14 +22,14 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from torchrl_ript.envs.libero_setup import ensure_libero
+from torchrl_ript.envs.libero.setup import ensure_libero
 
 ensure_libero()  # LIBERO's config, assets and GL backend, before anything imports libero
 
 from torchrl_ript.envs.libero import LIBERO_MAX_STEPS  # noqa: E402
-from torchrl_ript.envs.libero_contexts import libero_contexts  # noqa: E402
-from torchrl_ript.envs.libero_demos import record_libero_demos  # noqa: E402
-from torchrl_ript.envs.libero_factory import (  # noqa: E402
+from torchrl_ript.envs.libero.contexts import libero_contexts  # noqa: E402
+from torchrl_ript.envs.libero.experts import record_libero_demos  # noqa: E402
+from torchrl_ript.envs.libero.factory import (  # noqa: E402
     find_libero_demo_files,
     libero_env_fn,
     read_libero_demo_files,

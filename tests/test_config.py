@@ -57,7 +57,7 @@ def test_paper_presets_are_valid():
 
 
 def test_hydra_example_rejects_bad_overrides(tmp_path):
-    script = Path(__file__).parents[2] / "examples" / "ript_toy.py"
+    script = Path(__file__).parents[1] / "examples" / "ript_toy.py"
     for override, message in [("ript.group_size=3", "must be a multiple of group_size"),
                               ("ript.nonsense=1", "Key 'nonsense' is not in struct")]:
         run = subprocess.run(

@@ -19,6 +19,10 @@ ROOT = Path(__file__).resolve().parents[2]
 STOCK = ("collector", "collector_libero_env", "async_batched", "async_batched_driver")
 
 
+# the benchmark runs ~1 min: with the long tests (bash scripts/test.sh -m slow)
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("collector_throughput") / "ct.json"

@@ -73,6 +73,7 @@ def test_unknown_override_fails():
 
 
 @pytest.mark.skipif(not libero_available(), reason="LIBERO is not installed: run `bash scripts/install_libero.sh`.")
+@pytest.mark.slow  # ~60 s; the LIBERO smoke config covers the example in the default run
 @pytest.mark.timeout(900)
 def test_tiny_default_pipeline_end_to_end(tmp_path):
     run = subprocess.run(

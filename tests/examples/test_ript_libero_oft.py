@@ -28,6 +28,7 @@ pytestmark = pytest.mark.skipif(
 SCRIPT = Path(__file__).parents[2] / "examples" / "ript_libero.py"
 
 
+@pytest.mark.slow  # ~45 s
 @pytest.mark.timeout(700)
 def test_oft_config_runs_a_local_hf_vla(tmp_path):
     from torchrl_ript.models.hf_vla import save_tiny_llava

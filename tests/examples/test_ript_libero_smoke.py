@@ -111,6 +111,7 @@ def test_smoke_outputs(smoke_run):
     assert isinstance(load_policy(out / "ript_policy.pt"), QuestPolicy)
 
 
+@pytest.mark.slow  # ~50 s: a second LIBERO run; the QueST smoke run above stays in the default run
 @pytest.mark.timeout(700)
 def test_regression_policy_updates_on_libero_observations(tmp_path):
     # two cameras + proprio, Laplace policy, rejection off so the PPO step runs

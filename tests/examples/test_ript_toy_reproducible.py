@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 SCRIPT = Path(__file__).parents[2] / "examples" / "ript_toy.py"
-STEPS = 6
-OVERRIDES = [f"ript.num_steps={STEPS}", "ript.eval_every=3", "progress=false", "logger.kind=none"]
+STEPS = 4
+OVERRIDES = [f"ript.num_steps={STEPS}", "ript.eval_every=2", "progress=false", "logger.kind=none"]
 
 
 def _start(out: Path) -> subprocess.Popen:

@@ -46,6 +46,7 @@ def run(kind, steps, tmp_path=None, resume=False, lr=1e-2, lockstep=False):
     return trainer
 
 
+@pytest.mark.slow  # learning runs (~25 s); the README snippet test learns in the default run
 @pytest.mark.parametrize("kind, steps", [("laplace", 12), ("tokens", 20)])
 def test_ript_raises_success_rate(kind, steps):
     # lockstep: the same numbers on any machine load (free-running slots draw

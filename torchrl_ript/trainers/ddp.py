@@ -230,6 +230,7 @@ class RankCollector(BaseCollector):
 
     Examples:
         >>> ctx = DistributedContext(rank=0, world_size=1)
+        >>> from tensordict import TensorDict
         >>> batches = [TensorDict({"reward": torch.ones(4, 1)}, [4])]
         >>> [b.shape for b in RankCollector(batches, ctx, mode="rank0")]
         [torch.Size([4])]
