@@ -103,9 +103,9 @@ class GroupCollector(GroupBatches, Collector):
     a barrier, one policy call per decision step batched over the ready
     slots, a freed slot starts the next pending rollout at once). Groups are
     judged in **draw order** once all their K rollouts are in: each is written
-    through a replay buffer holding :class:`RLOOAdvantage` and (with
-    ``dynamic_sampling``) :class:`ZeroAdvantageFilter`, the only rejection
-    mechanism, until this iteration wrote B rows (or ``max_context_draws``
+    through a replay buffer holding :class:`RLOOAdvantage` and
+    :class:`ZeroAdvantageFilter` (with ``dynamic_sampling`` it drops uniform
+    groups: the only rejection mechanism), until this iteration wrote B rows (or ``max_context_draws``
     contexts were drawn: then it warns and returns what it has). The buffer
     comes from :func:`make_ript_replay_buffer` (``advantage`` replaces RLOO;
     a context sampler that learns from outcomes, e.g. ``"adaptive"``, gets a
