@@ -178,7 +178,7 @@ def test_set_keys_renames_the_row_entries_and_the_buffer_reads_them():
 def test_an_adaptive_sampler_is_fed_every_finished_rollout():
     g = torch.Generator().manual_seed(0)
     ds = ContextDataset(torch.rand(16, 2, generator=g) - 0.5, [0] * 16, ["track"], seed=0,
-                        sampler=AdaptiveSampler(group_size=4, memory=1e12))  # forgets nothing
+                        sampler=AdaptiveSampler(group_size=4, memory=float("inf")))  # forgets nothing
     # an oracle solves every context: each group is uniform and dropped, yet the sampler hears of it
     c = collector(make_env(4), oracle_policy(), context_dataset=ds, trajs_per_batch=8, max_context_draws=3)
     try:

@@ -130,8 +130,8 @@ class AdaptiveSampler(ContextSampler):
         prior (float): Beta pseudo-count of both outcomes (0.5: Jeffreys).
         memory (float, optional): forget old outcomes: each new outcome of a
             context first multiplies its counts by ``1 - 1/memory`` (the
-            policy changes while it trains). ``None`` keeps everything.
-            Defaults to ``4 * group_size``.
+            policy changes while it trains). ``None`` (the default) means
+            ``4 * group_size``; ``float("inf")`` keeps every outcome.
         power (float): sharpen (``> 1``) or flatten (``< 1``) the scores.
 
     Examples:
