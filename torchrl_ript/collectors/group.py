@@ -472,6 +472,9 @@ class GroupCollector(GroupBatches, Collector):
         times_before = EngineTimes(**engine.times.__dict__)
         version = self.weights_version
         written = 0
+        # the buffer's filter judges each group: the batch's uniform-group counts are its counters' changes
+        judge = _group_filter(rb)
+        judged_before = (judge.dropped_all_success, judge.dropped_all_failure) if judge is not None else None
 
         # groups carried over from the previous batch and now too stale are rerun
         stale = [g for g in self._order if self._groups[g].started
@@ -543,6 +546,9 @@ class GroupCollector(GroupBatches, Collector):
                 stacklevel=2,
             )
         stats.rollouts_kept = written
+        if judge is not None:
+            stats.groups_all_success = judge.dropped_all_success - judged_before[0]
+            stats.groups_all_failure = judge.dropped_all_failure - judged_before[1]
         stats.wall_s = time.perf_counter() - start
         self.last_stats = stats
         if self.auto_version:
@@ -585,19 +591,10 @@ class GroupCollector(GroupBatches, Collector):
         )
 
     def _release(self, gid: int, group: _Group, rb: ReplayBuffer, stats: CollectionStats, version: int) -> int:
-        """Write a complete group through the buffer's transforms; the rows written.
-
-        Whether the group was uniform is the buffer's filter's call: the
-        statistics are the changes of its counters.
-        """
+        """Write a complete group through the buffer's transforms; the rows written."""
         rows = torch.cat([group.rows[m] for m in range(self.group_size)])
         stats.groups_completed += 1
-        judge = _group_filter(rb)
-        before = (judge.dropped_all_success, judge.dropped_all_failure) if judge is not None else (0, 0)
         index = rb.extend(rows)  # the indices written: none when the filter dropped the group
-        if judge is not None:
-            stats.groups_all_success += judge.dropped_all_success - before[0]
-            stats.groups_all_failure += judge.dropped_all_failure - before[1]
         n = 0 if index is None else int(torch.as_tensor(index).shape[0])
         if n:
             stats.groups_kept += 1
