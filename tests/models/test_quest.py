@@ -20,8 +20,9 @@ def test_actor_and_rollout_shapes(cameras, mode):
     rollout = make_rollout_policy(make_quest_actor(policy), QuestDecoder(policy))
     with set_exploration_type(mode), torch.no_grad():
         out = rollout(make_obs(5, cameras=cameras))
-    assert out["action_tokens"].shape == (5, c.n_tokens) and out["action_tokens"].dtype == torch.long
-    assert out["logits"].shape == (5, c.n_tokens, c.vocab_size) and out["logits"].dtype == torch.float32
+    n = policy.scored_tokens
+    assert out["action_tokens"].shape == (5, n) and out["action_tokens"].dtype == torch.long
+    assert out["logits"].shape == (5, n, c.vocab_size) and out["logits"].dtype == torch.float32
     assert out["action_log_prob"].shape == (5,) and torch.isfinite(out["action_log_prob"]).all()
     assert out["action"].shape == (5, c.n_exec, 4) and out["action"].dtype == torch.float32
     assert out["action"].abs().max() <= 1.0
@@ -85,7 +86,7 @@ def test_greedy_eval_and_stale_tokens():
     with set_exploration_type(ExplorationType.DETERMINISTIC), torch.no_grad():
         clean = actor(obs.clone())
         stale = obs.clone()
-        stale["action_tokens"] = torch.zeros(6, policy.config.n_tokens, dtype=torch.long)
+        stale["action_tokens"] = torch.zeros(6, policy.scored_tokens, dtype=torch.long)
         again = actor(stale)
     assert (clean["action_tokens"] == clean["logits"].argmax(-1)).all()
     assert (again["action_tokens"] == clean["action_tokens"]).all()
@@ -133,7 +134,7 @@ def test_collector_rollout_resamples_every_step_and_scores_exactly():
         collector.shutdown()
         del collector
     tokens = batch["action_tokens"]
-    assert tokens.shape == (6, policy.config.n_tokens)
+    assert tokens.shape == (6, policy.scored_tokens)
     assert len({tuple(t) for t in tokens.tolist()}) > 1  # fresh tokens each step, not carried over
     with torch.no_grad():
         recomputed = actor.get_dist(batch.clone()).log_prob(tokens)

@@ -162,5 +162,5 @@ def test_chunks_from_hdf5_demo_files(tmp_path):
     assert rows.get("language_instruction").tolist() == ["reach the goal"] * 8
     policy = QuestPolicy(quest_config("tiny", action_dim=4))
     with set_exploration_type(ExplorationType.RANDOM), torch.no_grad():
-        assert make_quest_actor(policy)(rows[:3].clone())["action_tokens"].shape == (3, 4)
+        assert make_quest_actor(policy)(rows[:3].clone())["action_tokens"].shape == (3, policy.scored_tokens)
     assert quest_prior_loss(policy, other[:4]) > 0

@@ -16,7 +16,8 @@ Learning Continuous Control", NeurIPS 2024; own implementation):
   ``s_0 .. s_{L-1}``; the context is the task embedding + one token per
   camera + a proprio token (:class:`~torchrl_ript.models.common.ObservationEncoder`).
 * :class:`QuestPolicy` (the actor's network) *samples the tokens itself*,
-  autoregressively, and writes both ``"action_tokens"`` and ``"logits"``;
+  autoregressively (with a key/value cache), and writes both
+  ``"action_tokens"`` and ``"logits"``;
   when ``"action_tokens"`` is already in the input (scoring) it
   teacher-forces them instead. The logits written are those of one
   teacher-forced pass on the final token sequence, so the log-prob the actor
@@ -24,6 +25,14 @@ Learning Continuous Control", NeurIPS 2024; own implementation):
   recomputed by the loss. Because the network writes the tokens, TorchRL's
   ``ProbabilisticActor`` does not resample them (its ``_requires_sample`` is
   ``False``) and only scores them.
+* Only the tokens the executed actions depend on are drawn and scored
+  (``decode="executed"``, the default): the decoder is causal, so the first
+  ``n_exec`` actions read only the first
+  :meth:`SkillAutoencoder.tokens_for_actions` tokens (2 of 8 with chunk 32,
+  downsample 4, ``n_exec`` 8). The later tokens would cost sampling steps
+  and, scored, give PPO credit to tokens that never act.
+  ``decode="full"`` draws and scores all ``L`` tokens (SFT always trains
+  the prior on all of them).
 * :func:`make_quest_actor` builds that actor; :class:`QuestDecoder` is the
   rollout decoder (tokens -> first ``n_exec`` actions of the chunk).
 * SFT: :func:`train_quest_autoencoder` (stage 1, L1 reconstruction), then
@@ -37,7 +46,7 @@ registered at the end of this module.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -95,6 +104,10 @@ class QuestConfig:
     # sampling (part of the scored distribution, see TokenCategorical)
     temperature: float = 1.0
     top_k: int | None = None
+    # "executed": draw and score only the tokens the n_exec executed actions depend on;
+    # "full": all n_tokens (comparison; the rollout still executes n_exec actions)
+    decode: str = "executed"
+    kv_cache: bool = True  # cached autoregressive sampling (same logits as the uncached passes)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
     def __post_init__(self):
@@ -107,6 +120,8 @@ class QuestConfig:
             raise ValueError("downsample must be a power of 2 (stride-2 convolutions).")
         if not 1 <= self.n_exec <= self.chunk_size:
             raise ValueError("n_exec must be in [1, chunk_size].")
+        if self.decode not in ("executed", "full"):
+            raise ValueError(f"decode must be 'executed' or 'full', got {self.decode!r}.")
         if self.encoder.embed_dim != self.prior_dim:
             self.encoder.embed_dim = self.prior_dim
 
@@ -212,6 +227,9 @@ class SkillAutoencoder(nn.Module):
         memory_mask = (j + 1) * c.downsample - 1 > t
         memory_mask[:, 0] = False  # every query sees the first token
         self.register_buffer("memory_mask", memory_mask, persistent=False)
+        # [n - 1]: the leading tokens that queries < n read (a running max: queries are causal)
+        last_read = (~memory_mask).long().cumsum(1).argmax(1)
+        self._tokens_read = (last_read.cummax(0).values + 1).tolist()
 
     def _latents(self, actions: torch.Tensor) -> torch.Tensor:
         x = self.in_proj(actions) + self.enc_pos
@@ -228,20 +246,45 @@ class SkillAutoencoder(nn.Module):
         _, ids = self.fsq(self._latents(actions))
         return ids.long()
 
-    def _decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        memory = codes + self.token_pos
-        queries = self.query_pos.expand(codes.shape[0], -1, -1)
-        T = queries.shape[1]
+    def tokens_for_actions(self, n_actions: int) -> int:
+        """How many leading tokens the first ``n_actions`` decoded actions read.
+
+        Read off the decoder's own cross-attention mask (its self-attention
+        over queries is causal): the actions ``< n_actions`` depend on no
+        later token.
+        """
+        if not 1 <= n_actions <= self.config.chunk_size:
+            raise ValueError(f"n_actions must be in [1, {self.config.chunk_size}], got {n_actions}.")
+        return self._tokens_read[n_actions - 1]
+
+    def _decode_codes(self, codes: torch.Tensor, n_actions: int | None = None) -> torch.Tensor:
+        T = self.config.chunk_size if n_actions is None else n_actions
+        n = codes.shape[1]
+        memory = codes + self.token_pos[:, :n]
+        queries = self.query_pos[:, :T].expand(codes.shape[0], -1, -1)
         x = self.decoder(
-            queries, memory, tgt_mask=_causal_mask(T, codes.device), memory_mask=self.memory_mask,
+            queries, memory, tgt_mask=_causal_mask(T, codes.device), memory_mask=self.memory_mask[:T, :n],
             tgt_is_causal=True,
         )
         return self.out(x)
 
-    def decode(self, ids: torch.Tensor) -> torch.Tensor:
-        """Action chunks ``[B, T, A]`` of token ids ``[B, L]``."""
-        codes = self.fsq.indices_to_codes(ids.long())
-        return self._decode_codes(codes)
+    def decode(self, ids: torch.Tensor, n_actions: int | None = None) -> torch.Tensor:
+        """Action chunks ``[B, T, A]`` of token ids ``[B, L]``.
+
+        With ``n_actions``: only the first ``n_actions`` actions ``[B,
+        n_actions, A]``, from ids holding at least the
+        :meth:`tokens_for_actions` leading tokens (the same actions as the full
+        decode: queries are causal and masked from later tokens).
+        """
+        needed = self.config.n_tokens if n_actions is None else self.tokens_for_actions(n_actions)
+        if ids.shape[-1] < needed:
+            raise ValueError(
+                f"decoding {n_actions or self.config.chunk_size} actions needs the first {needed} tokens, got "
+                f"{ids.shape[-1]}: pass n_actions <= the executed actions of the policy that drew them "
+                "(or draw all tokens with decode='full')."
+            )
+        codes = self.fsq.indices_to_codes(ids[..., :needed].long())
+        return self._decode_codes(codes, n_actions)
 
     def forward(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         codes, ids = self.fsq(self._latents(actions))
@@ -277,16 +320,78 @@ class SkillPrior(nn.Module):
         x = self.blocks(x, mask=_causal_mask(n, x.device), is_causal=True)
         return self.head(self.norm(x[:, self.n_context :]))
 
+    def sample(
+        self, context: torch.Tensor, n_tokens: int, pick: Callable[[torch.Tensor], torch.Tensor], *, cache: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draws ``n_tokens`` tokens autoregressively; ``pick(logits [B, V]) -> ids [B]``.
+
+        Returns the tokens ``[B, n]`` and their logits ``[B, n, V]``, which
+        equal the teacher-forced ``forward`` on those tokens (within float
+        rounding). ``cache=True`` keeps each layer's keys and values, so every
+        step runs one new position through the blocks instead of the whole
+        prefix; it falls back to the uncached passes where the two would
+        differ (dropout active in training mode).
+        """
+        if not 1 <= n_tokens <= self.n_tokens:
+            raise ValueError(f"n_tokens must be in [1, {self.n_tokens}], got {n_tokens}.")
+        dropout = any(m.p > 0 for m in self.blocks.modules() if isinstance(m, nn.Dropout))
+        if cache and not (self.training and dropout):
+            return self._sample_cached(context, n_tokens, pick)
+        start = torch.full((context.shape[0], 1), self.start_token, dtype=torch.long, device=context.device)
+        tokens_in = start
+        for i in range(n_tokens):
+            logits = self(context, tokens_in)  # causal: position i sees <start>, s_0 .. s_{i-1}
+            step = pick(logits[:, i])
+            tokens_in = torch.cat([tokens_in, step[:, None]], dim=1)
+        return tokens_in[:, 1:], logits
+
+    def _sample_cached(self, context, n_tokens, pick):
+        C = context.shape[1]
+        start = torch.full((context.shape[0], 1), self.start_token, dtype=torch.long, device=context.device)
+        x = torch.cat([context, self.tok_emb(start)], dim=1) + self.pos[:, : C + 1]
+        caches: list = [None] * len(self.blocks.layers)
+        tokens, logits = [], []
+        for i in range(n_tokens):
+            for j, layer in enumerate(self.blocks.layers):
+                x, caches[j] = _cached_layer_step(layer, x, caches[j])
+            logits.append(self.head(self.norm(x[:, -1])))
+            tokens.append(pick(logits[-1]))
+            x = self.tok_emb(tokens[-1])[:, None] + self.pos[:, C + 1 + i : C + 2 + i]
+        return torch.stack(tokens, 1), torch.stack(logits, 1)
+
+
+def _cached_layer_step(
+    layer: nn.TransformerEncoderLayer, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """One pre-norm ``TransformerEncoderLayer`` (eval) over new positions ``x [B, T, d]``
+    that attend causally to themselves and to every cached position."""
+    if not layer.norm_first:
+        raise ValueError("the cached prior step implements pre-norm layers (norm_first=True) only.")
+    attn = layer.self_attn
+    B, T, d = x.shape
+    heads = attn.num_heads
+    q, k, v = nn.functional.linear(layer.norm1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = (t.view(B, T, heads, d // heads).transpose(1, 2) for t in (q, k, v))
+    if cache is not None:
+        k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+    # a new single position sees every cached one; a first block of positions is causal in itself
+    h = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=cache is None and T > 1)
+    x = x + attn.out_proj(h.transpose(1, 2).reshape(B, T, d))
+    x = x + layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))
+    return x, (k, v)
+
 
 class QuestPolicy(TensorDictModuleBase):
     """The QueST network: observations -> skill tokens + their logits.
 
     Reads the canonical VLA observation keys. Writes ``tokens_key``
-    (``[B, L]``) and ``logits_key`` (``[B, L, V]``). If ``tokens_key`` is in the
-    input it is teacher-forced (scoring); otherwise tokens are drawn
-    autoregressively: sampled (``ExplorationType.RANDOM``, with the config's
-    temperature / top-k) or greedy (any other exploration type, the
-    ``ProbabilisticActor`` default).
+    (``[B, n]``) and ``logits_key`` (``[B, n, V]``), ``n`` =
+    :attr:`scored_tokens` (the tokens the executed actions read; all ``L``
+    with ``decode="full"``). If ``tokens_key`` is in the input it is
+    teacher-forced (scoring); otherwise tokens are drawn autoregressively:
+    sampled (``ExplorationType.RANDOM``, with the config's temperature /
+    top-k) or greedy (any other exploration type, the ``ProbabilisticActor``
+    default).
 
     Examples:
         >>> from tensordict import TensorDict
@@ -295,7 +400,10 @@ class QuestPolicy(TensorDictModuleBase):
         ...     ("observation", "image"): torch.zeros(2, 3, 32, 32, dtype=torch.uint8),
         ...     ("observation", "state"): torch.zeros(2, 8),
         ...     "language_instruction": "open the drawer"}, [2])
-        >>> policy(td)["logits"].shape
+        >>> policy(td)["logits"].shape  # tiny: 2 executed actions of a chunk of 8 read token 0 only
+        torch.Size([2, 1, 1000])
+        >>> policy.config.decode = "full"
+        >>> policy(td.exclude("action_tokens"))["logits"].shape
         torch.Size([2, 4, 1000])
     """
 
@@ -328,28 +436,31 @@ class QuestPolicy(TensorDictModuleBase):
         """Teacher-forced logits ``[B, L, V]`` of ``tokens [B, L]``."""
         return self.prior(context, self._shift(tokens.long()))
 
+    @property
+    def scored_tokens(self) -> int:
+        """Tokens drawn and scored per decision: those the ``n_exec`` executed
+        actions read (``decode="executed"``), or all ``n_tokens`` (``"full"``)."""
+        c = self.config
+        return c.n_tokens if c.decode == "full" else self.autoencoder.tokens_for_actions(c.n_exec)
+
     def generate(self, context: torch.Tensor, *, sample: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Autoregressive tokens and the teacher-forced logits of those tokens.
+        """Autoregressive tokens ``[B, scored_tokens]`` and their logits.
 
-        Runs the prior at full length ``L`` every step (future slots hold the
-        start token and are masked out causally); the last pass has exactly
-        the teacher-forced input, so its logits are the ones the loss
-        recomputes.
+        The logits are those of the steps that drew the tokens, which equal
+        the teacher-forced logits the loss recomputes (the prior is causal).
         """
-        B, L = context.shape[0], self.config.n_tokens
-        tokens = torch.full((B, L), self.prior.start_token, dtype=torch.long, device=context.device)
-        logits = None
-        for i in range(L):
-            logits = self.prior(context, self._shift(tokens))
-            dist = TokenCategorical(logits[:, i : i + 1], temperature=self.config.temperature, top_k=self.config.top_k)
-            step = dist.sample() if sample else dist.deterministic_sample
-            tokens = tokens.clone()
-            tokens[:, i] = step[:, 0]
-        return tokens, logits
+        c = self.config
 
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Full decoded chunk ``[B, chunk, A]`` of tokens ``[B, L]``."""
-        return self.autoencoder.decode(tokens)
+        def pick(logits: torch.Tensor) -> torch.Tensor:
+            dist = TokenCategorical(logits[:, None], temperature=c.temperature, top_k=c.top_k)
+            return (dist.sample() if sample else dist.deterministic_sample)[:, 0]
+
+        return self.prior.sample(context, self.scored_tokens, pick, cache=c.kv_cache)
+
+    def decode(self, tokens: torch.Tensor, n_actions: int | None = None) -> torch.Tensor:
+        """Decoded chunk ``[B, chunk, A]`` of tokens ``[B, L]``, or its first
+        ``n_actions`` actions (see :meth:`SkillAutoencoder.decode`)."""
+        return self.autoencoder.decode(tokens, n_actions)
 
     # -- TensorDictModule -----------------------------------------------------
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -384,7 +495,10 @@ class QuestPolicy(TensorDictModuleBase):
 class QuestDecoder(TensorDictModuleBase):
     """Rollout decoder: ``"action_tokens"`` -> ``"action"`` ``[B, n_exec, A]``.
 
-    Carries no gradient (the loss scores tokens, not actions).
+    Decodes only the ``n_exec`` executed actions, from the tokens they read
+    (:meth:`SkillAutoencoder.decode` with ``n_actions``; the whole chunk with
+    ``decode="full"``). Carries no gradient (the loss scores tokens, not
+    actions).
     """
 
     def __init__(
@@ -405,9 +519,10 @@ class QuestDecoder(TensorDictModuleBase):
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         tokens = tensordict.get(self.in_keys[0])
+        # decode="full" decodes the whole chunk (as before executed-only decoding); same executed actions
+        n_actions = None if self.policy.config.decode == "full" else self.n_exec
         with torch.no_grad():
-            chunk = self.policy.decode(tokens.reshape(-1, tokens.shape[-1]))
-        action = chunk[:, : self.n_exec]
+            action = self.policy.decode(tokens.reshape(-1, tokens.shape[-1]), n_actions)[:, : self.n_exec]
         if self.clamp is not None:
             action = action.clamp(*self.clamp)
         tensordict.set(self.out_keys[0], action.reshape(*tokens.shape[:-1], *action.shape[1:]))
