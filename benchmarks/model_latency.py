@@ -89,6 +89,27 @@ def _latency(policy, rollout, cams, batches, repeats) -> dict:
     return out
 
 
+def _parts(rollout, obs, repeats) -> dict:
+    """Where one decision's time goes: observation encoders, token sampling,
+    decoding the executed actions (medians; the rest is the actor's
+    log-prob and TensorDict plumbing)."""
+    network = rollout[0].module[0]
+    parts = {"encoders": [], "tokens": [], "decode": []}
+    with torch.no_grad():
+        for i in range(repeats + 1):
+            t0 = time.perf_counter()
+            context = network.context(obs)
+            t1 = time.perf_counter()
+            tokens, _ = network.generate(context, sample=True)
+            t2 = time.perf_counter()
+            network.decode(tokens, network.config.n_exec)
+            t3 = time.perf_counter()
+            if i:
+                for name, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
+                    parts[name].append(dt)
+    return {name: round(statistics.median(ts) * 1e3, 3) for name, ts in parts.items()}
+
+
 def decoding_comparison(batches, repeats, preset: str = "small") -> dict:
     """QueST ``preset`` per decoding (same weights, same observations).
 
@@ -121,6 +142,7 @@ def decoding_comparison(batches, repeats, preset: str = "small") -> dict:
                         times[v].append(time.perf_counter() - t0)
         for v in variants:
             rows[v]["row"][f"ms_b{b}"] = round(statistics.median(times[v]) * 1e3, 3)
+        rows["executed", True]["row"][f"parts_ms_b{b}"] = _parts(rows["executed", True]["rollout"], obs, repeats)
     by = {v: rows[v]["row"] for v in variants}
     out = {"preset": preset, "repeats": repeats, "rows": list(by.values())}
     for b in batches:
@@ -181,6 +203,9 @@ def main() -> None:
     print(" | ".join(f"{c:>10}" for c in cols))
     for r in decoding["rows"]:
         print(" | ".join(f"{str(r[c]):>10}" for c in cols))
+    for b in decode_batches:
+        parts = next(r for r in decoding["rows"] if r["decode"] == "executed" and r["kv_cache"])[f"parts_ms_b{b}"]
+        print(f"executed/cached at batch {b}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in parts.items()))
     speedups = {k: v for k, v in decoding.items() if k.startswith("speedup")}
     print("  ".join(f"{k} {v:.2f}" for k, v in speedups.items()))
     print(json.dumps({"results": results, "decoding": decoding, **speedups, "threads": args.threads,
