@@ -103,6 +103,8 @@ def test_tiny_default_pipeline_end_to_end(tmp_path):
     history = json.loads((tmp_path / "checkpoints" / "history.json").read_text())["train"]
     assert len(history) == 1 and history[0]["train/batch"] == 2
     assert result["env_steps"] == history[0]["collect/env_steps"] > 0
+    assert result["policy_share"] == pytest.approx(history[0]["collect/policy_s"] / history[0]["collect/wall_s"])
+    assert 0 < result["policy_share"] < 1
     assert 0 <= result["p_value"] <= 1 and set(result["paired_by_mode"]) == {"random", "deterministic"}
     for name in ("sft_policy.pt", "ript_policy.pt", "success_rate.png", "videos/before_0.gif"):
         assert (tmp_path / name).stat().st_size > 0, name

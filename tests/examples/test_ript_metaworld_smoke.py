@@ -68,6 +68,10 @@ def check_result_agrees_with_logs(tmp_path, result, *, tasks, per_task, batch, g
     assert record["collect/groups_kept"] == record["collect/groups_completed"]
     assert record["collect/rollouts_finished"] >= batch
     assert record["collect/env_steps"] >= record["collect/decision_steps"] > 0
+    # the policy's share of the collection's wall time, from the same per-iteration timings
+    assert 0 < record["collect/policy_s"] < record["collect/wall_s"]
+    assert result["policy_share"] == pytest.approx(
+        sum(r["collect/policy_s"] for r in history) / sum(r["collect/wall_s"] for r in history))
     summary = result["collection"]
     assert summary["groups_completed"] == record["collect/groups_completed"]
     uniform = record["collect/groups_all_success"] + record["collect/groups_all_failure"]

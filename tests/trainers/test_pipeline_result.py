@@ -1,4 +1,5 @@
-"""``result_line``: the JSON line of both benchmark examples, key for key as they wrote it inline before."""
+"""``result_line``: the JSON line of both benchmark examples, key for key as they wrote it inline before
+(plus ``policy_share``: policy seconds 3 + 1 over collection seconds 10 + 6 = 0.25)."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -12,10 +13,10 @@ MODES = ["random", "deterministic"]
 HISTORY = [
     {"collect/groups_completed": 5, "collect/groups_kept": 2, "collect/groups_all_success": 1,
      "collect/groups_all_failure": 2, "collect/env_steps": 1000, "collect/contexts_drawn": 6,
-     "collect/rollouts_kept": 8, "train/skipped": 0},
+     "collect/rollouts_kept": 8, "collect/policy_s": 3.0, "collect/wall_s": 10.0, "train/skipped": 0},
     {"collect/groups_completed": 3, "collect/groups_kept": 2, "collect/groups_all_success": 0,
      "collect/groups_all_failure": 1, "collect/env_steps": 500, "collect/contexts_drawn": 4,
-     "collect/rollouts_kept": 8, "train/skipped": 1},
+     "collect/rollouts_kept": 8, "collect/policy_s": 1.0, "collect/wall_s": 6.0, "train/skipped": 1},
     {"eval/success_rate": 0.5},  # a record without collection statistics
 ]
 
@@ -48,7 +49,7 @@ def test_metaworld_line():
                 "pretrain_s": 0.0, "sft_s": 1.5, "sr_ript": 0.75, "sr_ript_per_task": {"a": 0.75},
                 "sr_ript_by_mode": AFTER["by_mode"], "iterations": 2, "env_steps": 1500, "contexts": 10,
                 "sampler": "uniform", "collection": collection_summary(HISTORY, dynamic_sampling=True),
-                "p_value": tests["random"]["p_value"], "p_value_by_mode": tests,
+                "p_value": tests["random"]["p_value"], "p_value_by_mode": tests, "policy_share": 0.25,
                 "wall_s": 9.0, "output_dir": "/out", "config": CONFIG}
     assert line == expected
     assert line["collection"]["groups_informative"] == 4 and line["p_value"] == pytest.approx(0.25)
@@ -57,7 +58,8 @@ def test_metaworld_line():
                        baseline=None, stage_fields={"pretrain_s": 0.0, "sft_s": 0.0}, wall_s=1.0,
                        output_dir="/out", config=CONFIG)
     assert line["sr_sft"] is None and line["sr_sft_by_mode"] is None
-    assert (line["sr_ript"], line["iterations"], line["env_steps"], line["p_value"]) == (None, 0, 0, None)
+    assert (line["sr_ript"], line["iterations"], line["env_steps"], line["p_value"], line["policy_share"]) == (
+        None, 0, 0, None, None)
     assert "collection" not in line and "p_value_by_mode" not in line and "sr_ript_by_mode" not in line
 
 
@@ -79,7 +81,7 @@ def test_libero_line():
                 "sr_before_by_mode": BEFORE["by_mode"], "sr_sft": 0.25, "demos_s": 1.0, "sft_s": 2.0,
                 "eval_before_s": 3.0, "sr_ript": 0.75, "sr_ript_per_task": {"a": 0.75},
                 "sr_ript_by_mode": AFTER["by_mode"], "p_value": paired[MODES[0]]["p_value"],
-                "paired_by_mode": paired, "iterations": 2, "iterations_without_update": 1, "env_steps": 1500,
+                "paired_by_mode": paired, "policy_share": 0.25, "iterations": 2, "iterations_without_update": 1, "env_steps": 1500,
                 "ript_s": 4.0, "eval_after_s": 5.0,
                 "groups_completed": sum(r["collect/groups_completed"] for r in collect),
                 "groups_kept": sum(r["collect/groups_kept"] for r in collect),

@@ -48,9 +48,15 @@ class CollectionStats:
         uniform = self.groups_all_success + self.groups_all_failure
         return (self.groups_completed - uniform) / max(self.groups_completed, 1)
 
+    @property
+    def policy_share(self) -> float:
+        """Share of the batch's wall time spent in policy calls."""
+        return self.policy_s / self.wall_s if self.wall_s > 0 else 0.0
+
     def as_dict(self) -> dict:
         out = dict(self.__dict__)
         out["success_rate"] = self.success_rate
+        out["policy_share"] = self.policy_share
         out["informative_group_rate"] = self.informative_group_rate
         out["env_steps_per_s"] = self.env_steps / max(self.wall_s, 1e-9)
         out["env_steps_per_kept_rollout"] = self.env_steps / max(self.rollouts_kept, 1)

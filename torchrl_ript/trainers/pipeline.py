@@ -64,6 +64,7 @@ __all__ = [
     "load_or_train_policy",
     "load_or_pretrain",
     "collection_summary",
+    "policy_share",
     "collection_totals",
     "context_sampler",
     "paired_results",
@@ -390,6 +391,20 @@ def collection_totals(history: list[dict]) -> dict:
     return {key: int(sum(r.get(f"collect/{key}", 0) for r in history)) for key in _COLLECTION_KEYS}
 
 
+def policy_share(history: list[dict]) -> float | None:
+    """Share of a RIPT run's collection wall time spent in policy calls
+    (``collect/policy_s`` over ``collect/wall_s``, summed over iterations);
+    ``None`` without collection statistics.
+
+    Examples:
+        >>> policy_share([{"collect/policy_s": 3.0, "collect/wall_s": 10.0},
+        ...               {"collect/policy_s": 1.0, "collect/wall_s": 10.0}])
+        0.2
+    """
+    wall = sum(r.get("collect/wall_s", 0.0) for r in history)
+    return sum(r.get("collect/policy_s", 0.0) for r in history) / wall if wall > 0 else None
+
+
 def collection_summary(history: list[dict], *, dynamic_sampling: bool = True) -> dict:
     """Totals of a RIPT run's collection statistics (``RIPTTrainer.history``).
 
@@ -616,7 +631,8 @@ def result_line(
     after RIPT (``trainer`` and ``final`` given) ``sr_ript``,
     ``sr_ript_per_task``, ``sr_ript_by_mode``, ``iterations``, ``env_steps``,
     ``p_value`` (one-sided paired McNemar test of the headline mode,
-    :func:`paired_results`) and the per-mode tests under ``paired_key``, the
+    :func:`paired_results`) and the per-mode tests under ``paired_key``,
+    ``policy_share`` (:func:`policy_share` of the RIPT collection), the
     collection statistics (``collection="summary"``: :func:`collection_summary`
     under ``"collection"``; ``"groups"``: the group totals as top-level keys)
     and ``ript_fields``; without RIPT ``sr_ript=None``, ``iterations=0``,
@@ -643,7 +659,7 @@ def result_line(
               f"sr_{baseline_name}": before["success_rate"], f"sr_{baseline_name}_per_task": before["per_task"],
               f"sr_{baseline_name}_by_mode": before["by_mode"], **(stage_fields or {})}
     if trainer is None:
-        result.update(sr_ript=None, iterations=0, env_steps=0, p_value=None)
+        result.update(sr_ript=None, iterations=0, env_steps=0, p_value=None, policy_share=None)
     else:
         if final is None:
             raise ValueError("result_line needs final= (the evaluation after RIPT) with trainer=.")
@@ -652,6 +668,7 @@ def result_line(
                       sr_ript_by_mode=final["by_mode"], iterations=trainer.step, env_steps=trainer.env_steps,
                       p_value=paired["p_value"])
         result[paired_key] = paired["p_value_by_mode"]
+        result["policy_share"] = policy_share(trainer.history)
         if collection == "summary":
             result["collection"] = collection_summary(trainer.history, dynamic_sampling=dynamic_sampling)
         else:
