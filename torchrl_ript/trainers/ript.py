@@ -200,7 +200,7 @@ class RIPTTrainer:
             if stats is not None:
                 record.update({f"collect/{k}": v for k, v in stats.as_dict().items()})
                 self.env_steps += stats.env_steps
-            record.update(self._optimise(batch))
+            record.update(self.update(batch))
             if self.scheduler is not None and not record["train/skipped"]:
                 self.scheduler.step()  # a step without an update does not advance the schedule
             record["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -241,7 +241,7 @@ class RIPTTrainer:
                      f"{self.eval_history[-1]['success_rate']:.3f}")
         return line + "."
 
-    def _optimise(self, batch: TensorDictBase) -> dict:
+    def update(self, batch: TensorDictBase) -> dict:
         """The PPO epochs over this process's rows of the batch (the one update loop).
 
         In one process: ``ppo_epochs`` passes of shuffled minibatches of
@@ -251,6 +251,10 @@ class RIPTTrainer:
         step's gradients weighted by rows (:meth:`DistributedContext.share_weight`),
         so a rank short of rows still gives the global-mean gradient and every
         rank applies the same update.
+
+        ``train()`` calls it on every collected batch; call it directly to
+        update on a batch of your own (e.g. to audit one update). Returns the
+        ``train/*`` statistics of the step.
         """
         sync = self.distributed
         n = batch.shape[0] if batch.batch_dims else 0
