@@ -84,8 +84,8 @@ class RIPTConfig:
             KL estimate passes it (``None`` = off; see ``RIPTTrainer``).
         ratio: ``"trajectory"`` (Eq. 8) or ``"step"``.
         loss_reduction: with ``ratio="step"``, the objective's mean over
-            ``"decision"``\ s or over ``"trajectory"``\ s (each trajectory's
-            decisions first; see ``RIPTClipPPOLoss``).
+            decisions (``"decision"``) or over trajectories (``"trajectory"``:
+            each trajectory's decisions first; see ``RIPTClipPPOLoss``).
         dynamic_sampling: reject all-equal groups (Section 4.2).
         max_context_draws: contexts drawn per step at most (``None`` = 10 B/K).
         max_decisions: decision steps per rollout at most.
