@@ -21,6 +21,8 @@ from torchrl_ript.config import PAPER_PRESETS, ConfigError, RIPTConfig, validate
         (dict(minibatch_size=500), "minibatch_size"),
         (dict(max_grad_norm=0.0), "max_grad_norm"),
         (dict(max_staleness=-1), "max_staleness must be >= 0"),
+        (dict(loss_reduction="rollout"), "loss_reduction must be 'decision' or 'trajectory'"),
+        (dict(target_kl=0.0), "target_kl must be > 0 or null"),
     ],
 )
 def test_bad_values_name_the_fix(values, match):

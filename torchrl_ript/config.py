@@ -80,7 +80,12 @@ class RIPTConfig:
         param_lrs: ``{regex: lr}`` per parameter group (e.g. LoRA vs head).
         clip_epsilon: PPO clip.
         max_grad_norm: gradient clipping (``None`` = off).
+        target_kl: stop a step's PPO epochs once an epoch's mean per-decision
+            KL estimate passes it (``None`` = off; see ``RIPTTrainer``).
         ratio: ``"trajectory"`` (Eq. 8) or ``"step"``.
+        loss_reduction: with ``ratio="step"``, the objective's mean over
+            decisions (``"decision"``) or over trajectories (``"trajectory"``:
+            each trajectory's decisions first; see ``RIPTClipPPOLoss``).
         dynamic_sampling: reject all-equal groups (Section 4.2).
         max_context_draws: contexts drawn per step at most (``None`` = 10 B/K).
         max_decisions: decision steps per rollout at most.
@@ -108,7 +113,9 @@ class RIPTConfig:
     param_lrs: dict | None = None
     clip_epsilon: float = 0.2
     max_grad_norm: float | None = 1.0
+    target_kl: float | None = None
     ratio: str = "trajectory"
+    loss_reduction: str = "decision"
     dynamic_sampling: bool = True
     max_context_draws: int | None = None
     max_decisions: int = 64
@@ -179,6 +186,10 @@ def validate_ript_config(config: RIPTConfig) -> RIPTConfig:
         raise ConfigError(f"max_grad_norm must be > 0 or null, got {c.max_grad_norm}.")
     if c.ratio not in ("trajectory", "step"):
         raise ConfigError(f"ratio must be 'trajectory' or 'step', got {c.ratio!r}.")
+    if c.loss_reduction not in ("decision", "trajectory"):
+        raise ConfigError(f"loss_reduction must be 'decision' or 'trajectory', got {c.loss_reduction!r}.")
+    if c.target_kl is not None and not c.target_kl > 0:
+        raise ConfigError(f"target_kl must be > 0 or null (off), got {c.target_kl}.")
     if c.scheduler not in ("constant", "cosine"):
         raise ConfigError(f"scheduler must be 'constant' or 'cosine', got {c.scheduler!r}.")
     if c.minibatch_size > c.trajs_per_batch:

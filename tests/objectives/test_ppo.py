@@ -195,3 +195,39 @@ def test_the_log_prob_hook_takes_the_params_argument_or_none(ratio):
     torch.testing.assert_close(plain, by_position)
     expected = batch["action_log_prob"] if ratio == "trajectory" else data["action_log_prob"]
     torch.testing.assert_close(plain.detach(), expected.reshape(plain.shape))
+
+
+def test_trajectory_reduction_weighs_every_trajectory_alike():
+    actor, _ = laplace_actor()
+    batch = trajectories(actor, lengths=(5, 1, 2, 4))
+    batch["steps", "action_log_prob"] = batch["steps", "action_log_prob"] - 0.1 * batch["steps", "mask"]
+    batch["advantage"] = torch.tensor([[1.0], [-1.0], [0.5], [0.0]])
+    per_decision = RIPTClipPPOLoss(actor, ratio="step", reduction="none")(batch)["loss_objective"]
+    mask = batch["steps", "mask"]
+    rows = mask.nonzero(as_tuple=True)[0]
+    lengths = mask.sum(-1)
+    by_decision = RIPTClipPPOLoss(actor, ratio="step")(batch)
+    by_trajectory = RIPTClipPPOLoss(actor, ratio="step", loss_reduction="trajectory")(batch)
+    torch.testing.assert_close(by_decision["loss_objective"], per_decision.mean())
+    expected = torch.stack([per_decision[rows == r].mean() for r in range(4)]).mean()
+    torch.testing.assert_close(by_trajectory["loss_objective"], expected)
+    assert not torch.allclose(by_trajectory["loss_objective"], by_decision["loss_objective"])
+    assert lengths.tolist() == [5, 1, 2, 4]
+    # the statistics stay means over decisions
+    for key in ("clip_fraction", "kl_approx", "kl_k3"):
+        torch.testing.assert_close(by_trajectory[key], by_decision[key])
+    with pytest.raises(ValueError, match="loss_reduction must be one of"):
+        RIPTClipPPOLoss(actor, ratio="step", loss_reduction="rollout")
+
+
+def test_kl_k3_is_the_nonnegative_estimate_of_the_ratios():
+    actor, _ = laplace_actor()
+    batch = trajectories(actor)
+    shift = torch.linspace(-0.3, 0.3, batch["steps"].shape[1])
+    batch["steps", "action_log_prob"] = batch["steps", "action_log_prob"] + shift * batch["steps", "mask"]
+    batch["advantage"] = torch.ones(4, 1)
+    out = RIPTClipPPOLoss(actor, ratio="step")(batch)
+    log_r = -shift.expand_as(batch["steps", "mask"])[batch["steps", "mask"]]
+    torch.testing.assert_close(out["kl_k3"], (log_r.exp() - 1 - log_r).mean())
+    torch.testing.assert_close(out["kl_approx"], (-log_r).mean())
+    assert out["kl_k3"] > 0

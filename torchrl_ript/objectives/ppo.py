@@ -14,6 +14,7 @@ from torchrl_ript.data.instructions import instruction_strings
 __all__ = ["RIPTClipPPOLoss"]
 
 _RATIOS = ("trajectory", "step")
+_REDUCTIONS = ("decision", "trajectory")
 
 
 class RIPTClipPPOLoss(ClipPPOLoss):
@@ -41,6 +42,19 @@ class RIPTClipPPOLoss(ClipPPOLoss):
     shaped ``[N, 1]`` (what :class:`~torchrl_ript.transforms.RLOOAdvantage`
     writes); a flat ``[N]`` advantage raises.
 
+    ``loss_reduction`` (``ratio="step"``): ``"decision"`` averages the
+    clipped objective over the minibatch's decisions, so a trajectory weighs
+    as many decisions as it has (failures that run to the time limit weigh
+    2-2.5x more than quick successes); ``"trajectory"`` averages over each
+    trajectory's decisions, then over trajectories (every rollout weighs
+    the same, as with the trajectory ratio). The statistics stay means over
+    decisions.
+
+    Besides ``ClipPPOLoss``'s statistics it writes ``kl_k3``, the
+    non-negative per-decision KL estimate ``mean(r - 1 - log r)`` of the
+    current policy from the collecting one (``kl_approx`` is the k1
+    estimate ``mean(-log r)``, which can be negative).
+
     Top-k sampling: a stored token that has left the current top-k has
     probability 0, so its ratio is 0 and it carries no gradient (exact for
     that distribution). ``kl_approx`` is then reported as the mean over the
@@ -53,6 +67,8 @@ class RIPTClipPPOLoss(ClipPPOLoss):
     Keyword Args:
         clip_epsilon (float): PPO clip. Defaults to ``0.2`` (QueST; OFT uses 0.1).
         ratio (str): ``"trajectory"`` (default) or ``"step"`` (see above).
+        loss_reduction (str): ``"decision"`` (default) or ``"trajectory"``
+            (see above; the trajectory ratio is always a mean over trajectories).
         **kwargs: any other ``ClipPPOLoss`` option (e.g. ``normalize_advantage``).
             ``critic_network`` must stay ``None`` and ``entropy_bonus`` ``False``.
 
@@ -107,10 +123,18 @@ class RIPTClipPPOLoss(ClipPPOLoss):
         *,
         clip_epsilon: float = 0.2,
         ratio: str = "trajectory",
+        loss_reduction: str = "decision",
         **kwargs,
     ) -> None:
         if ratio not in _RATIOS:
             raise ValueError(f"ratio must be one of {_RATIOS}, got {ratio!r}.")
+        if loss_reduction not in _REDUCTIONS:
+            raise ValueError(f"loss_reduction must be one of {_REDUCTIONS}, got {loss_reduction!r}.")
+        per_trajectory = ratio == "step" and loss_reduction == "trajectory"
+        if per_trajectory:
+            if kwargs.get("reduction") not in (None, "none"):
+                raise ValueError("loss_reduction='trajectory' reduces the objective itself: leave reduction unset.")
+            kwargs["reduction"] = "none"  # per-decision objectives, weighted in forward
         if kwargs.get("critic_network") is not None:
             raise ValueError("RIPT is critic-free: leave critic_network=None.")
         if kwargs.get("entropy_bonus"):
@@ -129,7 +153,10 @@ class RIPTClipPPOLoss(ClipPPOLoss):
             **kwargs,
         )
         self.ratio = ratio
+        self.loss_reduction = loss_reduction
+        self._per_trajectory = per_trajectory
         self._last_log_prob: torch.Tensor | None = None
+        self._rows: torch.Tensor | None = None
         self.set_keys(action="action", sample_log_prob="action_log_prob")
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -138,13 +165,21 @@ class RIPTClipPPOLoss(ClipPPOLoss):
         data = self._decisions(tensordict) if self.ratio == "step" else tensordict
         self._last_log_prob = None
         out = super().forward(data)
+        if self._per_trajectory:  # each trajectory's decisions share one unit of weight
+            rows = self._rows
+            per_decision = out.get("loss_objective").reshape(rows.shape)
+            length = torch.bincount(rows)[rows].to(per_decision.dtype)
+            out.set("loss_objective", (per_decision / length).sum() / rows.unique().numel())
         current = self._last_log_prob
         if current is not None:
             stored = data.get(self.tensor_keys.sample_log_prob).reshape(current.shape)
             exited = torch.isneginf(current)
             kl = stored - current
             finite = kl[~exited]
-            out.set("kl_approx", finite.mean() if finite.numel() else kl.new_zeros(()))
+            zero = kl.new_zeros(())
+            out.set("kl_approx", finite.mean() if finite.numel() else zero)
+            # k3 = r - 1 - log r with log r = -kl: >= 0, unbiased for KL(old || new)
+            out.set("kl_k3", (torch.expm1(-finite) + finite).mean() if finite.numel() else zero)
             out.set("support_exit_fraction", exited.to(kl.dtype).mean())
         return out
 
@@ -154,6 +189,7 @@ class RIPTClipPPOLoss(ClipPPOLoss):
         steps = self._steps(tensordict)
         mask = steps.get(keys.mask).to(torch.bool)
         rows = mask.nonzero(as_tuple=True)[0]
+        self._rows = rows
         flat = steps[mask]
         advantage = tensordict.get(keys.advantage, None)
         if advantage is not None:

@@ -158,7 +158,8 @@ def make_ript_trainer(
         if env is None:
             raise ValueError("make_ript_trainer needs env= (or a ready collector=).")
         collector = make_group_collector(config, env, policy, train_contexts, sampled_action_key=sampled_action_key)
-    loss = RIPTClipPPOLoss(actor, clip_epsilon=config.clip_epsilon, ratio=config.ratio)
+    loss = RIPTClipPPOLoss(actor, clip_epsilon=config.clip_epsilon, ratio=config.ratio,
+                           loss_reduction=config.loss_reduction)
     loss.set_keys(action=sampled_action_key)
     optimizer = make_optimizer(actor, lr=config.lr, param_lrs=config.param_lrs)
     scheduler = make_scheduler(
@@ -185,6 +186,7 @@ def make_ript_trainer(
         ppo_epochs=config.ppo_epochs,
         minibatch_size=config.minibatch_size,
         max_grad_norm=config.max_grad_norm,
+        target_kl=config.target_kl,
         scheduler=scheduler,
         evaluate=evaluate,
         eval_every=config.eval_every,

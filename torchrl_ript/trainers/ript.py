@@ -37,6 +37,7 @@ _TRAIN_STATS = {
     "loss_objective": "train/loss",
     "clip_fraction": "train/clip_fraction",
     "kl_approx": "train/kl_approx",
+    "kl_k3": "train/kl_k3",
     "support_exit_fraction": "train/support_exit_fraction",
 }
 
@@ -60,6 +61,11 @@ class RIPTTrainer:
         ppo_epochs (int): N, passes over each batch.
         minibatch_size (int): trajectories per gradient step.
         max_grad_norm (float, optional): gradient clipping. Defaults to 1.0.
+        target_kl (float, optional): stop a step's PPO epochs early once an
+            epoch's mean per-decision KL estimate (the loss's ``kl_k3``, from
+            the collecting policy, measured before each gradient step) passes
+            it; ``train/epochs`` logs the epochs run. Defaults to ``None``
+            (always ``ppo_epochs``).
         scheduler: optional LR scheduler, stepped once per RIPT step.
         evaluate (callable, optional): ``evaluate() -> dict`` with at least
             ``"success_rate"``; called before training and every ``eval_every``
@@ -127,6 +133,7 @@ class RIPTTrainer:
         ppo_epochs: int,
         minibatch_size: int,
         max_grad_norm: float | None = 1.0,
+        target_kl: float | None = None,
         scheduler=None,
         evaluate: Callable[[], dict] | None = None,
         eval_every: int = 1,
@@ -151,6 +158,9 @@ class RIPTTrainer:
         self.ppo_epochs = int(ppo_epochs)
         self.minibatch_size = int(minibatch_size)
         self.max_grad_norm = max_grad_norm
+        if target_kl is not None and not target_kl > 0:
+            raise ValueError(f"target_kl must be > 0 or None, got {target_kl}.")
+        self.target_kl = target_kl
         self.scheduler = scheduler
         self.evaluate_fn = evaluate
         self.eval_every = int(eval_every)
@@ -279,7 +289,11 @@ class RIPTTrainer:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         values: dict[str, list[float]] = {key: [] for key in _TRAIN_STATS.values()}
         norms = []
+        epochs, epoch_kl = 0, []
         for _ in range(self.ppo_epochs):
+            if self.target_kl is not None and epochs and self._mean_kl(epoch_kl) > self.target_kl:
+                break
+            epochs, epoch_kl = epochs + 1, []
             order = torch.randperm(n, generator=self._shuffle)
             for step in range(steps):
                 start = step * local_minibatch
@@ -290,6 +304,8 @@ class RIPTTrainer:
                     for out_key, name in _TRAIN_STATS.items():
                         if out_key in out.keys():
                             values[name].append(float(out[out_key].detach()))
+                    if "kl_k3" in out.keys():
+                        epoch_kl.append(float(out["kl_k3"]))
                 if sync is not None:  # every rank, even one without rows this step
                     sizes = [max(0, min(local_minibatch, r - start)) for r in rows]
                     sync.all_reduce_gradients(params, weight=sync.share_weight(sizes[sync.rank], sizes))
@@ -301,14 +317,21 @@ class RIPTTrainer:
             gathered = sync.all_gather_object(means)
             means = {name: float(np.mean([g[name] for g in gathered if name in g]))
                      for name in _TRAIN_STATS.values() if any(name in g for g in gathered)}
-        record = {name: means[name] for name in ("train/loss", "train/clip_fraction", "train/kl_approx")
-                  if name in means}
-        record.update({"train/batch": sum(rows), "train/skipped": 0})
+        record = {name: means[name] for name in ("train/loss", "train/clip_fraction", "train/kl_approx",
+                                                 "train/kl_k3") if name in means}
+        record.update({"train/batch": sum(rows), "train/skipped": 0, "train/epochs": epochs})
         if norms:
             record["train/grad_norm"] = float(np.mean(norms))
         if "train/support_exit_fraction" in means:  # top-k sampling: sampled tokens that left the top-k
             record["train/support_exit_fraction"] = means["train/support_exit_fraction"]
         return record
+
+    def _mean_kl(self, epoch_kl: list[float]) -> float:
+        """Mean ``kl_k3`` of an epoch's gradient steps, over every rank (all
+        ranks then stop at the same epoch)."""
+        if self.distributed is not None:
+            epoch_kl = [v for rank in self.distributed.all_gather_object(epoch_kl) for v in rank]
+        return float(np.mean(epoch_kl)) if epoch_kl else 0.0
 
     def _evaluate(self) -> dict:
         if not self.is_main:  # rank 0 evaluates; the others wait at the next collective
