@@ -208,6 +208,16 @@ def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def _steal_s() -> float:
+    """Machine-wide CPU time stolen by the hypervisor so far (all CPUs; 0 where not reported)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 class CpuMeter:
     """CPU seconds used by this process and its child processes over a window."""
 
@@ -217,6 +227,7 @@ class CpuMeter:
         self._me = psutil.Process()
         self._kids = {p.pid: p for p in _children()}
         self._t0 = time.perf_counter()
+        self._steal0 = _steal_s()
         self._main0 = self._cpu(self._me)
         self._kids0 = {pid: self._cpu(p) for pid, p in self._kids.items()}
 
@@ -233,7 +244,9 @@ class CpuMeter:
         kids = [self._cpu(p) - self._kids0[pid] for pid, p in self._kids.items()]
         kids = [k for k in kids if math.isfinite(k)]
         return dict(wall_s=wall, main_cpu_s=self._cpu(self._me) - self._main0, children_cpu_s=sum(kids),
-                    busiest_child_cpu_s=max(kids, default=0.0))
+                    busiest_child_cpu_s=max(kids, default=0.0),
+                    # the machine's, not this benchmark's: a VM's cores taken by its host meanwhile
+                    steal_s=_steal_s() - self._steal0)
 
 
 # -- workload ---------------------------------------------------------------------
@@ -456,7 +469,7 @@ def measure_limit(args, n: int, duration: float, policy_params: int) -> dict:
     """N simulator processes at once, each for ~``duration`` s; the limit is the sum of their rates."""
     ctx = mp.get_context(START_METHOD)
     barrier, queue = ctx.Barrier(n), ctx.Queue()
-    load0 = _load()
+    load0, steal0 = _load(), _steal_s()
     procs = [ctx.Process(target=_limit_worker, args=(args, duration, barrier, queue)) for _ in range(n)]
     for p in procs:
         p.start()
@@ -475,7 +488,8 @@ def measure_limit(args, n: int, duration: float, policy_params: int) -> dict:
     out = _result("limit", slots=n, decisions=per_s * wall, env_steps=per_s * wall * args.chunk,
                   rollouts=per_s * wall / args.horizon, successes=0, wall_s=wall,
                   cpu=dict(wall_s=wall, children_cpu_s=sum(r["cpu_s"] for r in results),
-                           busiest_child_cpu_s=max(r["cpu_s"] for r in results), main_cpu_s=0.0),
+                           busiest_child_cpu_s=max(r["cpu_s"] for r in results), main_cpu_s=0.0,
+                           steal_s=_steal_s() - steal0),  # over the workers' start-up too
                   load=[load0, _load()], workload=workload,
                   per_decision_ms=per_decision, worker_peak_rss_mb=max(r["peak_rss"] for r in results) / 2**20,
                   counted_decisions=decisions, counted_rollouts=sum(r["rollouts"] for r in results))
@@ -862,7 +876,11 @@ def parse(argv=None):
     p.add_argument("--in-flight", action="store_true", help="keep_in_flight off/on at K=8, B=32/64")
     p.add_argument("--in-flight-slots", type=int, nargs="*", default=None,
                    help="slot counts of the --in-flight sweep (default: --slots)")
-    p.add_argument("--sweeps-only", action="store_true", help="only --growth / --in-flight / --profile")
+    p.add_argument("--sim-sweep", action="store_true",
+                   help="the simulator alone at every --slot-counts (diagnostic: what over-subscription costs "
+                        "the simulation; the limit itself stays at --slots)")
+    p.add_argument("--sweeps-only", action="store_true",
+                   help="only --growth / --in-flight / --sim-sweep / --profile")
     p.add_argument("--profile", action="store_true", help="cProfile GroupCollector's main process")
     p.add_argument("--quick", action="store_true",
                    help="tiny images, short horizons, one round, slots x 1 2 (< 3 min on 2 cores)")
@@ -1028,8 +1046,10 @@ def cpu_accounting(rec: dict, *, sim_cpu_ms: float, policy: dict, cores: int) ->
     From the path's own timed window (wall, CPU of this process and its
     children, delivered decisions): ``core_ms = idle + sim + wasted_sim +
     policy + collection``. ``sim`` is the limit's CPU per decision,
-    ``wasted_sim`` the same for decisions simulated and not delivered
-    (GroupCollector's dropped rollouts), ``policy`` the policy table at the
+    ``wasted_sim`` the same for the decisions simulated in the window minus
+    those delivered (GroupCollector's dropped rollouts; with
+    ``keep_in_flight`` the net of rollouts carried out of and into the
+    window, so it can be slightly negative), ``policy`` the policy table at the
     batch sizes of the path's own policy calls (None where they were not
     counted: then ``collection`` is None and ``children_other_ms`` includes
     the policy).
@@ -1053,6 +1073,32 @@ def cpu_accounting(rec: dict, *, sim_cpu_ms: float, policy: dict, cores: int) ->
         main_other_ms=None if pol is None else main - pol,  # the policy runs in this process where counted
         children_other_ms=kids - sim_cpu_ms - wasted,
     )
+
+
+def sim_sweep(args, policy_params: int) -> dict:
+    """The simulator alone (the limit's processes) at every ``--slot-counts``, ``--rounds`` times interleaved.
+
+    A diagnostic, not the limit (that stays at ``--slots``): what running
+    more simulator processes than cores costs the simulation itself (CPU per
+    decision: context switches, caches), with no policy and no collector.
+    """
+    runs: dict[int, list[dict]] = {n: [] for n in args.slot_counts}
+    for r in range(args.rounds):
+        for n in args.slot_counts:
+            lim = measure_limit(args, n, args.limit_s, policy_params)
+            runs[n].append(lim)
+            print(f"  sim-sweep {r + 1}/{args.rounds} {n} processes: {lim['decisions_per_s']:.1f} decisions/s, "
+                  f"{lim['cpu_ms_per_decision']:.2f} CPU ms per decision (load {lim['load_avg']})",
+                  file=sys.stderr, flush=True)
+    out = {}
+    for n, rs in runs.items():
+        out[str(n)] = dict(
+            slots=n, decisions_per_s=statistics.median(x["decisions_per_s"] for x in rs),
+            cpu_ms_per_decision=statistics.median(x["cpu_ms_per_decision"] for x in rs),
+            rounds_decisions_per_s=[x["decisions_per_s"] for x in rs],
+            rounds_cpu_ms_per_decision=[x["cpu_ms_per_decision"] for x in rs],
+            rounds_load_avg=[x["load_avg"] for x in rs], rounds_steal_s=[x["cpu"]["steal_s"] for x in rs])
+    return out
 
 
 def _growth_child(args, cfg: dict, queue) -> None:
@@ -1222,11 +1268,12 @@ def main(argv=None) -> dict:
     # with 1 thread, 47-130 ms with 2). Same setting for every path.
     torch.set_num_threads(args.policy_threads)
     t_start = time.perf_counter()
-    load_start = _load()
+    load_start, steal_start = _load(), _steal_s()
     policy_params = n_params(make_policy(args))
     fields, lines = ({}, []) if args.sweeps_only else compare(args, policy_params)
     growth = growth_sweep(args) if args.growth else None
     in_flight = in_flight_sweep(args) if args.in_flight else None
+    sim_alone = sim_sweep(args, policy_params) if args.sim_sweep else None
     profile = None
     if args.profile:
         profile = measure_group(args, args.slots, name="group_profiled", profile=True)["profile"]
@@ -1244,15 +1291,19 @@ def main(argv=None) -> dict:
                                                                                        else argv)])),
         machine=dict(cpus=os.cpu_count(), cores=_cores(), platform=platform.platform()),
         load_avg=dict(start=load_start, end=load_end),
-        **fields, growth=growth, in_flight=in_flight, profile=profile,
+        **fields, growth=growth, in_flight=in_flight, sim_alone_by_slots=sim_alone, profile=profile,
         total_wall_s=time.perf_counter() - t_start,
     )
+    # core time the machine's host took from this VM during the run (0 where not reported)
+    steal = _steal_s() - steal_start
+    result["steal"] = dict(s=steal, fraction=steal / (result["total_wall_s"] * _cores()))
 
     print(f"workload: {args.env} {task_name(args)}, {len(args.cameras)} cam x {args.image_size}px, K={args.k}, "
           f"{args.contexts} contexts/batch, horizon {args.horizon} x chunk {args.chunk}, policy {args.policy} "
           f"({policy_params} params), slots {args.slot_counts} (limit {args.slots}), {args.rounds} round(s) x "
           f"{args.measure_s:g} s; "
-          f"load {load_start} -> {load_end}")
+          f"load {load_start} -> {load_end}; steal {result['steal']['s']:.1f} s "
+          f"({100 * result['steal']['fraction']:.1f}% of the core time)")
     for line in lines:
         print(line)
     if growth:
@@ -1263,6 +1314,10 @@ def main(argv=None) -> dict:
                   f"{g['worker_peak_rss_mb']:.0f} MB")
         print(f"memory per stored rollout: {growth['stored_mb_per_rollout']:.2f} MB stored, "
               f"{growth['main_peak_rss_mb_per_rollout']:.2f} MB of the main process's peak RSS (slope over B)")
+    for n, row in (sim_alone or {}).items():
+        print(f"simulator alone, {n} processes: {row['decisions_per_s']:.1f} decisions/s, "
+              f"{row['cpu_ms_per_decision']:.2f} CPU ms per decision (rounds "
+              + ", ".join(f"{x:.2f}" for x in row["rounds_cpu_ms_per_decision"]) + ")")
     for row in in_flight or []:
         print(f"in-flight K=8 B={row['trajs_per_batch']} slots={row['slots']} keep={row['keep_in_flight']}: "
               f"{row['discarded_per_batch']:.2f} discarded/batch, {row['carried_per_batch']:.2f} carried/batch, "

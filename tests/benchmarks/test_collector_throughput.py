@@ -211,3 +211,5 @@ def test_load_average_recorded(quick):
     assert all(math.isfinite(v) and v >= 0 for v in last["load_avg"].values())
     for name, p in records(last):
         assert len(p["load_avg"]) == 2 and all(v >= 0 for v in p["load_avg"]), name
+        assert p["cpu"]["steal_s"] >= 0, name  # the host's share of the window (0 where not reported)
+    assert last["steal"]["s"] >= 0 and 0 <= last["steal"]["fraction"] <= 1
