@@ -391,6 +391,22 @@ def _timed_batches(next_batch, *, measure_s: float, min_batches: int):
 
 
 # -- limit: the simulator alone -----------------------------------------------------
+def _results(queue, procs) -> list:
+    """One result per process; raises (instead of waiting forever) once a process died without sending one."""
+    import queue as queue_mod
+
+    out = []
+    while len(out) < len(procs):
+        try:
+            out.append(queue.get(timeout=5.0))
+        except queue_mod.Empty:
+            dead = [p for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"{len(dead)} measurement process(es) died (exit codes "
+                                   f"{[p.exitcode for p in dead]}) before sending a result") from None
+    return out
+
+
 def _limit_worker(args, duration: float, barrier, queue) -> None:
     import numpy as np
 
@@ -473,7 +489,7 @@ def measure_limit(args, n: int, duration: float, policy_params: int) -> dict:
     procs = [ctx.Process(target=_limit_worker, args=(args, duration, barrier, queue)) for _ in range(n)]
     for p in procs:
         p.start()
-    results = [queue.get() for _ in procs]
+    results = _results(queue, procs)
     for p in procs:
         p.join()
     decisions = sum(r["decisions"] for r in results)
@@ -559,7 +575,7 @@ def measure_policy(args) -> dict:
     queue = ctx.Queue()
     proc = ctx.Process(target=_policy_worker, args=(args, policy_batch_sizes(args), args.policy_s, queue))
     proc.start()
-    rows = queue.get()
+    (rows,) = _results(queue, [proc])
     proc.join()
     if isinstance(rows, str):
         raise RuntimeError(f"policy timing failed: {rows}")
