@@ -900,7 +900,8 @@ def parse(argv=None):
     p.add_argument("--profile", action="store_true", help="cProfile GroupCollector's main process")
     p.add_argument("--quick", action="store_true",
                    help="tiny images, short horizons, one round, slots x 1 2 (< 3 min on 2 cores)")
-    p.add_argument("--out", default=None, help="JSON output (default results/collector_throughput[_libero].json)")
+    p.add_argument("--out", default=None,
+                   help="JSON output (default results/collector_throughput[_libero][_quick][_sweeps].json)")
     if "--quick" in (sys.argv[1:] if argv is None else argv):
         # the quick workload; options given on the command line still win
         p.set_defaults(image_size=32, horizon=6, chunk=4, k=2, contexts=2, policy="tiny", rounds=1, measure_s=2.5,
@@ -922,7 +923,7 @@ def parse(argv=None):
     args.slot_counts = sorted(set(args.slot_counts))
     if args.out is None:
         args.out = os.path.join(RESULTS, "collector_throughput" + ("_libero" if libero else "")
-                                + ("_quick" if args.quick else "") + ".json")
+                                + ("_quick" if args.quick else "") + ("_sweeps" if args.sweeps_only else "") + ".json")
     return args
 
 
