@@ -17,6 +17,7 @@ mode on the same held-out contexts), iterations, env_steps, wall_s.
 """
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import hydra
 import torch
@@ -123,14 +124,16 @@ def first_per_task(contexts, task_ids, n):
     return contexts.subset(torch.cat([contexts.task_contexts(t)[:n] for t in task_ids]))
 
 
-@hydra.main(config_path="configs", config_name="ript_libero", version_base=None)
-def main(cfg: DictConfig) -> None:
-    start = time.perf_counter()
-    distributed = init_distributed()  # None unless started by torchrun
-    # rank 0 writes to the run folder; under torchrun the other ranks to rank<r>/ in it
-    out = rank_output_dir(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir, distributed)
+def prepare(cfg, out: Path, distributed=None, *, start: float | None = None) -> SimpleNamespace:
+    """Everything before the evaluations and RIPT: threads, seed, held-out contexts, demos ->
+    SFT (or ``policy.checkpoint``), the RIPT config, the env factory and the env pool.
+
+    ``main`` and ``benchmarks/signal_audit.py`` both start here, so the audit
+    runs on exactly the policy, config and envs this example builds. ``start``
+    (``time.perf_counter()`` of the run's start, default: now) times ``demos_s``.
+    """
+    start = time.perf_counter() if start is None else start
     set_num_threads(cfg.threads)
-    modes = exploration_modes(cfg.eval.exploration)  # a bad name fails before any work
     torch.manual_seed(cfg.ript.seed)
     task_ids = [int(t) for t in cfg.task_ids]
     max_steps = cfg.env.max_steps or LIBERO_MAX_STEPS[cfg.suite]
@@ -170,6 +173,27 @@ def main(cfg: DictConfig) -> None:
     )
     # One pool for rollouts and evaluation: they never run at the same time.
     env = make_batched_env(env_fn, config.num_envs)
+    return SimpleNamespace(task_ids=task_ids, held_out=held_out, paths=paths, sft_needed=sft_needed,
+                           demos_s=demos_s, bundle=bundle, sft_info=sft_info, config=config, env_fn=env_fn, env=env)
+
+
+def ript_inputs(cfg, prep: SimpleNamespace) -> dict:
+    """:func:`ript_stage`'s policy, env and context arguments (shared with the signal audit)."""
+    return dict(bundle=prep.bundle, env_fn=prep.env_fn, make_env=lambda: prep.env,
+                train_contexts=train_contexts(cfg, prep.paths, prep.task_ids, prep.config.group_size),
+                collector_options=cfg.collector)
+
+
+@hydra.main(config_path="configs", config_name="ript_libero", version_base=None)
+def main(cfg: DictConfig) -> None:
+    start = time.perf_counter()
+    distributed = init_distributed()  # None unless started by torchrun
+    # rank 0 writes to the run folder; under torchrun the other ranks to rank<r>/ in it
+    out = rank_output_dir(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir, distributed)
+    modes = exploration_modes(cfg.eval.exploration)  # a bad name fails before any work
+    prep = prepare(cfg, out, distributed, start=start)
+    task_ids, held_out, bundle, config, env = prep.task_ids, prep.held_out, prep.bundle, prep.config, prep.env
+    sft_needed, sft_info = prep.sft_needed, prep.sft_info
 
     def evaluate(tag, baseline=None):
         return evaluate_stage(env, bundle, held_out, tag=tag, horizon=config.max_decisions, modes=modes,
@@ -178,16 +202,14 @@ def main(cfg: DictConfig) -> None:
 
     eval_start = time.perf_counter()
     before = evaluate("before")
-    stage_fields = {"sr_sft": before["success_rate"] if sft_needed else None, "demos_s": demos_s,
+    stage_fields = {"sr_sft": before["success_rate"] if sft_needed else None, "demos_s": prep.demos_s,
                     "sft_s": sft_info["sft_s"], "eval_before_s": time.perf_counter() - eval_start}
     trainer = final = None
     ript_fields = {}
     if cfg.stages.ript:
         during = cfg.eval.during_training_per_task
-        contexts = train_contexts(cfg, paths, task_ids, config.group_size)
         trainer, info = ript_stage(
-            config, bundle=bundle, env_fn=env_fn, make_env=lambda: env, train_contexts=contexts,
-            collector_options=cfg.collector, out=out, eval_env=env if during else None,
+            config, **ript_inputs(cfg, prep), out=out, eval_env=env if during else None,
             eval_contexts=first_per_task(held_out, task_ids, during) if during else None, eval_mode=modes[0],
             # same contexts: the "before" evaluation is the history's first point
             initial_eval={"success_rate": before["success_rate"], "step": 0,

@@ -18,6 +18,7 @@ iterations, env_steps, wall_s (and the collection statistics).
 import time
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import hydra
 import torch
@@ -120,14 +121,14 @@ def pretrain_stage(cfg, out: Path, build) -> tuple:
     )
 
 
-@hydra.main(config_path="configs", config_name="ript_metaworld", version_base=None)
-def main(cfg: DictConfig) -> None:
-    start = time.perf_counter()
-    distributed = init_distributed()  # None unless started by torchrun
-    # rank 0 writes to the run folder; under torchrun the other ranks to rank<r>/ in it
-    out = rank_output_dir(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir, distributed)
+def prepare(cfg, out: Path, distributed=None) -> SimpleNamespace:
+    """Everything before the evaluations and RIPT: seed, [pretrain ->] demos -> SFT (or
+    ``policy.checkpoint``), the RIPT config and the env factory.
+
+    ``main`` and ``benchmarks/signal_audit.py`` both start here, so the audit
+    runs on exactly the policy, config and envs this example builds.
+    """
     main_rank = distributed is None or distributed.is_main
-    modes = exploration_modes(cfg.eval.exploration)  # a bad name fails before any work
     torch.manual_seed(cfg.ript.seed)
     build = policy_build(cfg, IMAGE_KEYS[: len(cfg.env.cameras)])
     # under torchrun rank 0 pretrains, records the demos and runs SFT; the other ranks get its files
@@ -150,8 +151,29 @@ def main(cfg: DictConfig) -> None:
     env_fn = partial(MetaWorldEnv, task_names=list(cfg.tasks), camera_names=tuple(cfg.env.cameras),
                      image_size=cfg.env.image_size, max_steps=cfg.env.max_steps,
                      action_chunk=bundle.n_exec, render_quality="fast")
+    return SimpleNamespace(bundle=bundle, config=config, env_fn=env_fn, paths=paths,
+                           pretrain_info=pretrain_info, sft_info=sft_info)
+
+
+def ript_inputs(cfg, prep: SimpleNamespace) -> dict:
+    """:func:`ript_stage`'s policy, env and context arguments (shared with the signal audit)."""
+    config = prep.config
+    return dict(bundle=prep.bundle, env_fn=prep.env_fn,
+                make_env=lambda: make_batched_env(prep.env_fn, config.num_envs),
+                train_contexts=train_contexts(cfg, prep.paths, config.group_size), collector_options=cfg.collector)
+
+
+@hydra.main(config_path="configs", config_name="ript_metaworld", version_base=None)
+def main(cfg: DictConfig) -> None:
+    start = time.perf_counter()
+    distributed = init_distributed()  # None unless started by torchrun
+    # rank 0 writes to the run folder; under torchrun the other ranks to rank<r>/ in it
+    out = rank_output_dir(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir, distributed)
+    modes = exploration_modes(cfg.eval.exploration)  # a bad name fails before any work
+    prep = prepare(cfg, out, distributed)
+    bundle, config, env_fn = prep.bundle, prep.config, prep.env_fn
     eval_env = as_env_pool(make_batched_env(env_fn, cfg.env.num_envs))  # one pool for every evaluation
-    held_out = held_out_contexts(cfg, paths)
+    held_out = held_out_contexts(cfg, prep.paths)
     evaluate = partial(evaluate_stage, eval_env, bundle, held_out, horizon=config.max_decisions, modes=modes,
                        videos=cfg.eval.videos, out=out, lockstep=config.lockstep, progress=cfg.progress)
 
@@ -160,10 +182,10 @@ def main(cfg: DictConfig) -> None:
     trainer = final = None
     ript_fields = {}
     if cfg.stages.ript:
-        contexts = train_contexts(cfg, paths, config.group_size)
+        inputs = ript_inputs(cfg, prep)
+        contexts = inputs["train_contexts"]
         trainer, _ = ript_stage(
-            config, bundle=bundle, env_fn=env_fn, make_env=lambda: make_batched_env(env_fn, config.num_envs),
-            train_contexts=contexts, collector_options=cfg.collector, out=out, eval_env=eval_env,
+            config, **inputs, out=out, eval_env=eval_env,
             eval_contexts=first_per_task(held_out, cfg.eval.during_training_per_task), eval_mode=modes[0],
             distributed=distributed, logger_kind=cfg.logger.kind, log_name="ript_metaworld", progress=cfg.progress,
         )
@@ -178,7 +200,7 @@ def main(cfg: DictConfig) -> None:
         fields={"tasks": list(cfg.tasks), "pretrain_tasks": list(cfg.pretrain.tasks)}, policy=bundle.kind,
         modes=modes, n_eval=len(held_out), baseline=sft_eval, final=final, trainer=trainer,
         dynamic_sampling=config.dynamic_sampling,
-        stage_fields={"pretrain_s": pretrain_info.get("pretrain_s", 0.0), "sft_s": sft_info["sft_s"]},
+        stage_fields={"pretrain_s": prep.pretrain_info.get("pretrain_s", 0.0), "sft_s": prep.sft_info["sft_s"]},
         ript_fields=ript_fields, wall_s=time.perf_counter() - start, output_dir=out,
         config=OmegaConf.to_container(cfg, resolve=True),
     )

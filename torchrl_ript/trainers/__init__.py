@@ -10,6 +10,14 @@ from torchrl_ript.trainers.optim import make_optimizer, make_param_groups, make_
 from torchrl_ript.trainers.ript import CheckpointError, RIPTTrainer
 from torchrl_ript.trainers.stats import paired_success_test
 
+# last: the audit builds on the factory, which imports the modules above
+from torchrl_ript.trainers.audit import (
+    log_ratio_variance_shares,
+    ratio_statistics,
+    scale_statistics,
+    signal_audit,
+)
+
 __all__ = [
     "EXPLORATION_MODES",
     "evaluate_modes",
@@ -22,4 +30,8 @@ __all__ = [
     "CheckpointError",
     "RIPTTrainer",
     "paired_success_test",
+    "log_ratio_variance_shares",
+    "ratio_statistics",
+    "scale_statistics",
+    "signal_audit",
 ]
