@@ -118,6 +118,7 @@ Usage::
     python benchmarks/collector_throughput.py --growth            # + K / B / horizon / slots growth
     python benchmarks/collector_throughput.py --in-flight         # + keep_in_flight waste (K=8, B=32/64)
     python benchmarks/collector_throughput.py --profile           # + cProfile of GroupCollector
+    python benchmarks/collector_throughput.py --sweeps-only --sim-sweep   # the simulator alone at every slot count
 
 Prints a table; the LAST stdout line is one JSON object (also written to
 ``--out``).
