@@ -54,9 +54,10 @@ def check_zero_advantages(result):
     """All-failure groups kept: zero advantages, so neither update may move the policy."""
     assert result["advantage_abs_mean"] == 0.0
     for run in ("real", "null"):
-        assert result[f"out_of_band_{run}"] == 0.0
-        assert result[f"k3_{run}"] == 0.0 and result[f"k1_{run}"] == 0.0
         assert result[f"grad_norm_{run}"] == 0.0
+        assert result[f"out_of_band_{run}"] == 0.0
+        # the weights did not move: what is left is the rescoring's float noise (batch shapes differ)
+        assert result[f"k3_{run}"] < 1e-9 and abs(result[f"k1_{run}"]) < 1e-5
     assert result["null_in_band"] is True
 
 
