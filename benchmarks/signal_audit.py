@@ -27,9 +27,11 @@ contexts, the configured collector and trainer), then
    collected log-probs are checked against the unchanged weights' (~1e-5).
 
 With ``policy.checkpoint`` null the example's own demos and SFT run first:
-slow (the SFT of the example's config, e.g. ~10 min for ``ript_metaworld`` on
-2 cores) but exactly the example's policy; its ``sft_policy.pt`` is saved in
-the run folder, so pass it as ``policy.checkpoint`` next time.
+slow (on 2 CPU cores ``ript_metaworld``'s SFT took 6.5 min, ``ript_libero``'s
+scripted demos + SFT 9.6 min) but exactly the example's policy; its
+``sft_policy.pt`` is saved in the run folder, so pass it as
+``policy.checkpoint`` next time (with ``demos.dir=<that run>/demos`` the
+demos are not recorded again either).
 
 A table (real vs null), then the LAST stdout line: one JSON object with
 ``out_of_band_real``, ``out_of_band_null``, ``kl_real``, ``kl_null`` (k3),
@@ -101,6 +103,8 @@ def table(result: dict) -> str:
         ("max |log r|", "max_abs_log_ratio"),
         ("decisions that left the top-k support", "support_exit"),
         ("grad norm (mean of pre-clip norms)", "grad_norm"),
+        ("advantage, mean over decisions", "advantage_decision_mean"),
+        ("decisions with a negative advantage", "negative_advantage_decision_share"),
         ("trainer clip_fraction (during the update)", "train_clip_fraction"),
         ("trainer kl_approx (during the update)", "train_kl_approx"),
         ("before update: max |collected - rescored| logp", "logp_check_max_abs_diff"),

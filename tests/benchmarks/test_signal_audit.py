@@ -21,6 +21,32 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "signal_audit.py"
 
 
+def load_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("signal_audit_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "examples" / "configs").glob("*.yaml")))
+def test_every_example_config_maps_to_its_example(name):
+    """``--config-name`` picks the example: every ript_libero* / ript_metaworld* config, and a clear refusal else."""
+    from hydra import compose, initialize_config_dir
+
+    script = load_script()
+    with initialize_config_dir(config_dir=str(ROOT / "examples" / "configs"), version_base=None):
+        cfg = compose(config_name=name)
+    if name.startswith(("ript_libero", "ript_metaworld")):
+        example = script.example_for(name, cfg)
+        assert name.startswith(f"ript_{example}")
+        assert (ROOT / "examples" / f"ript_{example}.py").exists()
+    else:
+        with pytest.raises(SystemExit, match="neither a MetaWorld nor a LIBERO"):
+            script.example_for(name, cfg)
+
+
 def run_audit(tmp_path, *args, timeout=600):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     run = subprocess.run([sys.executable, str(SCRIPT), *args, f"hydra.run.dir={tmp_path}"],

@@ -157,6 +157,12 @@ def test_audit_numbers_are_consistent(laplace_audit):
     assert audit["n_trajectories"] == batch.shape[0] == 16
     assert audit["n_decisions"] == int(batch["steps", "mask"].sum())
     assert audit["kl_real"] == audit["k3_real"] and audit["kl_null"] == audit["k3_null"]
+    # the advantage as a per-decision loss weighs it: by each trajectory's decisions
+    steps = batch["steps", "mask"].sum(-1).double()
+    advantage = batch["advantage"].reshape(-1).double()
+    assert audit["advantage_decision_mean_real"] == pytest.approx(float((steps * advantage).sum() / steps.sum()))
+    assert audit["real"]["negative_advantage_decision_share"] == pytest.approx(
+        float(steps[advantage < 0].sum() / steps.sum()))
     for run in ("real", "null"):
         r = audit[run]
         assert 0.0 <= r["out_of_band"] <= 1.0 and r["k3"] >= 0.0

@@ -25,7 +25,6 @@ two updates on a :class:`~torchrl_ript.trainers.RIPTTrainer`;
 """
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -357,8 +356,12 @@ def signal_audit(trainer: RIPTTrainer, batch: TensorDictBase, *, seed: int = 0) 
     (:func:`audit_update` results) and the summary keys ``out_of_band_real``,
     ``out_of_band_null``, ``k1_real``, ``k1_null``, ``k3_real``, ``k3_null``,
     ``kl_real``/``kl_null`` (= k3), ``grad_norm_real``/``grad_norm_null``,
-    ``n_decisions``, ``n_trajectories``, ``same_start`` (both runs rescored
-    the batch identically before their update).
+    ``n_decisions``, ``n_trajectories``, ``advantage_decision_mean_real`` /
+    ``_null`` (the advantage averaged over decisions rather than trajectories:
+    what a per-decision ratio weighs; RLOO advantages average 0 per
+    trajectory, but failed rollouts that run to the time limit hold more
+    decisions) and ``same_start`` (both runs rescored the batch identically
+    before their update).
 
     Examples:
         >>> from torchrl.envs import SerialEnv
@@ -401,11 +404,18 @@ def signal_audit(trainer: RIPTTrainer, batch: TensorDictBase, *, seed: int = 0) 
         trainer.optimizer.load_state_dict(_copy_state(optimizer_state))
         trainer._shuffle.set_state(shuffle_state)  # both runs see the same minibatches
 
+    keys = trainer.loss.tensor_keys
+    decisions = batch.get((keys.steps, keys.mask)).reshape(batch.shape[0], -1).sum(-1).to(torch.float64)
     runs = {}
     try:
         for name, values in (("real", advantage), ("null", random_sign_advantages(advantage, seed=seed))):
             reset()
             runs[name] = audit_update(trainer, batch, values)
+            # per-decision ratios weigh a trajectory by its decisions: long (failed) rollouts weigh more
+            per_trajectory = values.detach().reshape(-1).to(torch.float64)
+            runs[name]["advantage_decision_mean"] = float((per_trajectory * decisions).sum() / decisions.sum())
+            runs[name]["negative_advantage_decision_share"] = float(
+                decisions[per_trajectory < 0].sum() / decisions.sum())
     finally:
         reset()
     real, null = runs["real"], runs["null"]
@@ -425,7 +435,9 @@ def signal_audit(trainer: RIPTTrainer, batch: TensorDictBase, *, seed: int = 0) 
         "n_decisions": real["n"],
         "n_trajectories": int(batch.shape[0]),
         "advantage_abs_mean": float(advantage.abs().double().mean()),
-        "same_start": math.isclose(real["logp_before_sum"], null["logp_before_sum"], rel_tol=0, abs_tol=0),
+        "advantage_decision_mean_real": real["advantage_decision_mean"],
+        "advantage_decision_mean_null": null["advantage_decision_mean"],
+        "same_start": real["logp_before_sum"] == null["logp_before_sum"],
     }
     return {**summary, "real": real, "null": null}
 
