@@ -311,6 +311,7 @@ class SkillPrior(nn.Module):
         self.head = nn.Linear(d, c.vocab_size)
         self.n_context = n_context
         self.n_tokens = c.n_tokens
+        self.dropout = c.dropout  # the cached step has none: sampling falls back while it is active
 
     def forward(self, context: torch.Tensor, tokens_in: torch.Tensor) -> torch.Tensor:
         """``context [B, C, d]``, ``tokens_in [B, L]`` = ``<start>, s_0 .. s_{L-2}``
@@ -334,8 +335,7 @@ class SkillPrior(nn.Module):
         """
         if not 1 <= n_tokens <= self.n_tokens:
             raise ValueError(f"n_tokens must be in [1, {self.n_tokens}], got {n_tokens}.")
-        dropout = any(m.p > 0 for m in self.blocks.modules() if isinstance(m, nn.Dropout))
-        if cache and not (self.training and dropout):
+        if cache and not (self.training and self.dropout):
             return self._sample_cached(context, n_tokens, pick)
         start = torch.full((context.shape[0], 1), self.start_token, dtype=torch.long, device=context.device)
         tokens_in = start
