@@ -74,6 +74,12 @@ def test_dynamic_sampling_fills_b_with_informative_groups():
     assert stats.decision_steps == stats.env_steps >= batch["length"].sum()
     assert stats.contexts_drawn >= stats.groups_completed
     assert 0 < stats.success_rate < 1
+    # the task mix (one task here) counts the same groups
+    mix = stats.as_dict()["per_task"]
+    assert list(mix) == [0]
+    assert mix[0]["groups"] == stats.groups_completed and mix[0]["informative"] == stats.groups_kept
+    assert mix[0]["kept"] == 8 and mix[0]["batch_share"] == 1.0
+    assert mix[0]["informative_rate"] == stats.informative_group_rate
     # per-trajectory fields
     assert torch.equal(batch["steps", "mask"].sum(-1), batch["length"])
     torch.testing.assert_close(
@@ -100,6 +106,7 @@ def test_without_dynamic_sampling_every_group_counts():
     assert torch.equal(batch["advantage"], torch.zeros(8, 1))
     stats = c.last_stats  # kept, and still counted as uniform
     assert stats.groups_kept == 2 and stats.groups_all_success == 2 and stats.groups_all_failure == 0
+    assert stats.per_task == {0: {"groups": 2, "informative": 0, "kept": 8}}  # kept but not informative
     c.shutdown()
 
 

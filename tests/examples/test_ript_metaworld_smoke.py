@@ -76,6 +76,12 @@ def check_result_agrees_with_logs(tmp_path, result, *, tasks, per_task, batch, g
     assert summary["groups_completed"] == record["collect/groups_completed"]
     uniform = record["collect/groups_all_success"] + record["collect/groups_all_failure"]
     assert summary["groups_informative"] == record["collect/groups_kept"] - uniform
+    # the task mix counts the same groups, split by task
+    mix = summary["task_mix"]["total"]
+    assert sum(c["groups"] for c in mix.values()) == summary["groups_completed"]
+    assert sum(c["informative"] for c in mix.values()) == summary["groups_informative"]
+    assert sum(c["kept"] for c in mix.values()) == summary["rollouts_kept"]
+    assert len(summary["task_mix"]["per_iteration"]) == result["iterations"]
     for produced in ("sft_policy.pt", "success_rate.png", "checkpoints/latest.pt", "result.json",
                      "videos/sft_0.gif", "videos/ript_0.gif", "ript_policy.pt"):
         assert (tmp_path / produced).exists(), produced

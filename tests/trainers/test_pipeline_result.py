@@ -87,6 +87,7 @@ def test_libero_line():
                 "groups_kept": sum(r["collect/groups_kept"] for r in collect),
                 "groups_all_success": sum(r["collect/groups_all_success"] for r in collect),
                 "groups_all_failure": sum(r["collect/groups_all_failure"] for r in collect),
+                "task_mix": {"total": {}, "per_iteration": [{}, {}, {}]},  # no collect/per_task in HISTORY
                 "wall_s": 9.0, "output_dir": "/out", "config": CONFIG}
     assert line == expected
     assert (line["groups_completed"], line["groups_kept"]) == (8, 4)

@@ -87,13 +87,15 @@ def test_target_kl_stops_the_epochs_of_a_step(target_kl, epochs):
     actor, _ = laplace_actor(init_scale=0.3)
     contexts = ContextDataset(torch.rand(32, 2) - 0.5, [0] * 32, ["track"], seed=0)
     collector = GroupCollector(SerialEnv(4, make_env), actor, context_dataset=contexts, group_size=4,
-                               trajs_per_batch=8, max_frames_per_traj=4, seed=0, dynamic_sampling=False)
+                               trajs_per_batch=8, max_frames_per_traj=4, seed=0)
     trainer = RIPTTrainer(collector=collector, loss=RIPTClipPPOLoss(actor, ratio="step"),
                           optimizer=make_optimizer(actor, lr=1e-2), num_steps=2, ppo_epochs=4, minibatch_size=4,
                           target_kl=target_kl, progress=False, seed=0)
     history = trainer.train()
     collector.shutdown()
-    # the first epoch always runs: its first gradient step sees the collecting policy itself (KL 0)
+    # the first epoch always runs: its first gradient step sees the collecting policy itself (KL 0).
+    # Informative groups only (dynamic sampling): a batch of zero advantages would not move the
+    # policy, and its KL of 0 would never pass the target.
     assert [r["train/epochs"] for r in history] == [epochs, epochs]
     assert all(r["train/kl_k3"] >= 0 for r in history)
     with pytest.raises(ValueError, match="target_kl must be > 0"):

@@ -73,6 +73,9 @@ def merge_collection_stats(stats: Sequence[CollectionStats | None]) -> Collectio
         >>> m = merge_collection_stats([a, b])
         >>> m.contexts_drawn, m.env_steps, m.wall_s, m.hit_draw_limit
         (5, 15, 2.0, True)
+        >>> a.count_group(0, informative=True, kept=8); b.count_group(0, informative=False, kept=0)
+        >>> merge_collection_stats([a, b]).per_task
+        {0: {'groups': 2, 'informative': 1, 'kept': 8}}
     """
     stats = [s for s in stats if s is not None]
     if not stats:
@@ -80,7 +83,13 @@ def merge_collection_stats(stats: Sequence[CollectionStats | None]) -> Collectio
     out = type(stats[0])()
     for field in dataclasses.fields(out):
         values = [getattr(s, field.name) for s in stats if hasattr(s, field.name)]
-        if field.name in ("wall_s", "max_lag", "max_staleness"):
+        if field.name == "per_task":
+            for per_task in values:
+                for task, counts in per_task.items():
+                    merged = out.per_task.setdefault(int(task), {"groups": 0, "informative": 0, "kept": 0})
+                    for name in merged:
+                        merged[name] += counts[name]
+        elif field.name in ("wall_s", "max_lag", "max_staleness"):
             setattr(out, field.name, max(values))
         elif field.type in (bool, "bool"):
             setattr(out, field.name, any(values))
@@ -91,7 +100,11 @@ def merge_collection_stats(stats: Sequence[CollectionStats | None]) -> Collectio
 
 def _stats_from_dict(values: dict) -> CollectionStats:
     names = {f.name for f in dataclasses.fields(CollectionStats)}
-    return CollectionStats(**{k: v for k, v in values.items() if k in names})
+    stats = CollectionStats(**{k: v for k, v in values.items() if k in names and k != "per_task"})
+    # as_dict's task mix carries derived rates: keep the counts only
+    stats.per_task = {int(task): {name: counts[name] for name in ("groups", "informative", "kept")}
+                      for task, counts in values.get("per_task", {}).items()}
+    return stats
 
 
 class RemoteGroupCollector(GroupCollector):

@@ -1,7 +1,7 @@
 """What one collection iteration did: ``GroupCollector.last_stats``."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["CollectionStats"]
 
@@ -37,6 +37,15 @@ class CollectionStats:
     bookkeeping_s: float = 0.0  # sending steps, recording decisions, finished rollouts, buffer writes
     reset_s: float = 0.0  # context resets of freed env slots
     hit_draw_limit: bool = False
+    # task id -> {"groups": completed, "informative": mixed outcomes, "kept": rollouts in the batch}
+    per_task: dict = field(default_factory=dict)
+
+    def count_group(self, task_id: int, *, informative: bool, kept: int) -> None:
+        """Count one completed group of ``task_id`` (``kept``: its rollouts written to the batch)."""
+        counts = self.per_task.setdefault(int(task_id), {"groups": 0, "informative": 0, "kept": 0})
+        counts["groups"] += 1
+        counts["informative"] += int(informative)
+        counts["kept"] += int(kept)
 
     @property
     def success_rate(self) -> float:
@@ -53,8 +62,28 @@ class CollectionStats:
         """Share of the batch's wall time spent in policy calls."""
         return self.policy_s / self.wall_s if self.wall_s > 0 else 0.0
 
+    def task_mix(self) -> dict:
+        """Per task: its counts, ``informative_rate`` (mixed-outcome share of its
+        completed groups) and ``batch_share`` (its share of the kept rollouts).
+
+        Examples:
+            >>> stats = CollectionStats()
+            >>> stats.count_group(0, informative=True, kept=8)
+            >>> stats.count_group(0, informative=False, kept=0)
+            >>> stats.count_group(1, informative=True, kept=8)
+            >>> stats.task_mix()[0]
+            {'groups': 2, 'informative': 1, 'kept': 8, 'informative_rate': 0.5, 'batch_share': 0.5}
+        """
+        total_kept = sum(c["kept"] for c in self.per_task.values())
+        return {
+            task: {**counts, "informative_rate": counts["informative"] / max(counts["groups"], 1),
+                   "batch_share": counts["kept"] / total_kept if total_kept else 0.0}
+            for task, counts in sorted(self.per_task.items())
+        }
+
     def as_dict(self) -> dict:
         out = dict(self.__dict__)
+        out["per_task"] = self.task_mix()
         out["success_rate"] = self.success_rate
         out["policy_share"] = self.policy_share
         out["informative_group_rate"] = self.informative_group_rate

@@ -64,6 +64,7 @@ __all__ = [
     "load_or_train_policy",
     "load_or_pretrain",
     "collection_summary",
+    "task_mix",
     "policy_share",
     "collection_totals",
     "context_sampler",
@@ -405,6 +406,38 @@ def policy_share(history: list[dict]) -> float | None:
     return sum(r.get("collect/policy_s", 0.0) for r in history) / wall if wall > 0 else None
 
 
+def task_mix(history: list[dict]) -> dict:
+    """Per task id, over a RIPT run's iterations: completed groups, informative
+    (mixed-outcome) groups, kept rollouts, the informative rate and the task's
+    share of the kept rollouts, in total and per iteration (the collector's
+    ``collect/per_task``; empty without it).
+
+    Examples:
+        >>> mix = task_mix([{"collect/per_task": {0: {"groups": 3, "informative": 1, "kept": 8}}},
+        ...                 {"collect/per_task": {0: {"groups": 1, "informative": 1, "kept": 8},
+        ...                                       1: {"groups": 2, "informative": 1, "kept": 8}}}])
+        >>> mix["total"][0]["informative_rate"], mix["total"][1]["batch_share"]
+        (0.5, 0.3333333333333333)
+        >>> [sorted(it) for it in mix["per_iteration"]]
+        [[0], [0, 1]]
+    """
+    totals: dict = {}
+    per_iteration = []
+    for record in history:
+        per_task = record.get("collect/per_task") or {}
+        per_iteration.append({int(t): {k: c[k] for k in ("informative_rate", "batch_share") if k in c}
+                              for t, c in per_task.items()})
+        for task, counts in per_task.items():
+            total = totals.setdefault(int(task), {"groups": 0, "informative": 0, "kept": 0})
+            for name in total:
+                total[name] += counts[name]
+    kept = sum(c["kept"] for c in totals.values())
+    for counts in totals.values():
+        counts["informative_rate"] = counts["informative"] / max(counts["groups"], 1)
+        counts["batch_share"] = counts["kept"] / kept if kept else 0.0
+    return {"total": dict(sorted(totals.items())), "per_iteration": per_iteration}
+
+
 def collection_summary(history: list[dict], *, dynamic_sampling: bool = True) -> dict:
     """Totals of a RIPT run's collection statistics (``RIPTTrainer.history``).
 
@@ -436,6 +469,7 @@ def collection_summary(history: list[dict], *, dynamic_sampling: bool = True) ->
         "informative_group_rate": informative / completed if completed else 0.0,
         # None (JSON null) when no group was informative
         "env_steps_per_informative_group": env_steps / informative if informative else None,
+        "task_mix": task_mix(history),
     }
 
 
@@ -675,6 +709,7 @@ def result_line(
             totals = collection_totals(trainer.history)
             result.update({k: totals[k] for k in ("groups_completed", "groups_kept", "groups_all_success",
                                                    "groups_all_failure")})
+            result["task_mix"] = task_mix(trainer.history)
         result.update(ript_fields or {})
     result.update(wall_s=wall_s, output_dir=str(output_dir), config=dict(config or {}))
     return result

@@ -358,8 +358,8 @@ class RIPTTrainer:
     def _log(self, record: dict) -> None:
         if self.logger is None or not self.is_main:
             return
-        for key, value in record.items():
-            if isinstance(value, (int, float, bool)) and key != "step" and math.isfinite(float(value)):
+        for key, value in _flat_scalars(record):
+            if key != "step" and math.isfinite(float(value)):
                 self.logger.log_scalar(key, float(value), step=self.step)
 
     # -- checkpoints ----------------------------------------------------------
@@ -494,3 +494,13 @@ class RIPTTrainer:
                 f"{path} was written with another configuration ({diff}): rerun with the same "
                 "settings to resume, or use another checkpoint_dir to start a new run."
             )
+
+
+def _flat_scalars(record: dict, prefix: str = ""):
+    """``(key, value)`` of a record's scalars; nested dicts (the collector's task
+    mix) as ``outer/inner`` keys, e.g. ``collect/per_task/0/informative_rate``."""
+    for key, value in record.items():
+        if isinstance(value, dict):
+            yield from _flat_scalars(value, f"{prefix}{key}/")
+        elif isinstance(value, (int, float, bool)):
+            yield f"{prefix}{key}", value
