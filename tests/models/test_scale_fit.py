@@ -28,10 +28,10 @@ def test_bounded_scale_stays_in_bounds_and_starts_at_init():
         ScaleHead(8, (3,), min_scale=1.0, max_scale=0.5, init_scale=0.7)
 
 
-def test_regression_config_defaults_are_the_oft_bounds():
+def test_regression_config_defaults_bound_the_scale():
     config = regression_config("tiny")
-    assert config.min_scale == pytest.approx(math.exp(-2)) and config.max_scale == pytest.approx(math.exp(0.5))
-    assert (OFT_MIN_SCALE, OFT_MAX_SCALE) == (config.min_scale, config.max_scale)
+    assert config.min_scale == 0.02 and config.max_scale == pytest.approx(math.exp(0.5)) == OFT_MAX_SCALE
+    assert OFT_MIN_SCALE == pytest.approx(math.exp(-2))  # the paper's floor, the hf kind's default
     with pytest.raises(ValueError, match="scale_multiplier must be > 0"):
         regression_config("tiny", scale_multiplier=0.0)
 
