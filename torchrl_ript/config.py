@@ -82,8 +82,15 @@ class RIPTConfig:
         max_grad_norm: gradient clipping (``None`` = off).
         target_kl: stop a step's PPO epochs once an epoch's mean per-decision
             KL estimate passes it (``None`` = off; see ``RIPTTrainer``).
-        ratio: ``"trajectory"`` (Eq. 8) or ``"step"``.
-        loss_reduction: with ``ratio="step"``, the objective's mean over
+        ratio: ``"trajectory"`` (Eq. 8), ``"step"`` (one ratio per decision) or
+            ``"action"`` (continuous chunk policies: one ratio per action of a
+            decision's chunk, its log-prob summed over the action dims only;
+            see ``RIPTClipPPOLoss``).
+        train_scale: let RIPT's optimiser update the policy's scale head
+            (the kind's ``PolicyKind.scale_parameters``). Default ``False``: the
+            scale fitted at SFT stays fixed during RIPT (as the paper's OFT
+            code does), so the ratio's width cannot shrink under the update.
+        loss_reduction: with ``ratio="step"``/``"action"``, the objective's mean over
             decisions (``"decision"``) or over trajectories (``"trajectory"``:
             each trajectory's decisions first; see ``RIPTClipPPOLoss``).
         dynamic_sampling: reject all-equal groups (Section 4.2).
@@ -115,6 +122,7 @@ class RIPTConfig:
     max_grad_norm: float | None = 1.0
     target_kl: float | None = None
     ratio: str = "trajectory"
+    train_scale: bool = False
     loss_reduction: str = "decision"
     dynamic_sampling: bool = True
     max_context_draws: int | None = None
@@ -184,8 +192,8 @@ def validate_ript_config(config: RIPTConfig) -> RIPTConfig:
         raise ConfigError(f"clip_epsilon must be in (0, 1), got {c.clip_epsilon} (paper: 0.2 / 0.1).")
     if c.max_grad_norm is not None and c.max_grad_norm <= 0:
         raise ConfigError(f"max_grad_norm must be > 0 or null, got {c.max_grad_norm}.")
-    if c.ratio not in ("trajectory", "step"):
-        raise ConfigError(f"ratio must be 'trajectory' or 'step', got {c.ratio!r}.")
+    if c.ratio not in ("trajectory", "step", "action"):
+        raise ConfigError(f"ratio must be 'trajectory', 'step' or 'action', got {c.ratio!r}.")
     if c.loss_reduction not in ("decision", "trajectory"):
         raise ConfigError(f"loss_reduction must be 'decision' or 'trajectory', got {c.loss_reduction!r}.")
     if c.target_kl is not None and not c.target_kl > 0:

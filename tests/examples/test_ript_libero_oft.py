@@ -61,15 +61,15 @@ def test_oft_config_runs_a_local_hf_vla(tmp_path):
     assert isinstance(ript, HFVLAPolicy) and ript.config.pretrained == str(Path(backbone).resolve())
     assert ript.config.lora_rank == 4 and ript.config.chunk_size == 8
     assert isinstance(sft, HFVLAPolicy)
-    # the optimiser of the RIPT step: LoRA at 1e-4, the scale head frozen (lr 0), the action
-    # head at 1e-5, and every one of their parameters took the PPO step (AdamW step count 1).
+    # the optimiser of the RIPT step: LoRA at 1e-4, the action head at 1e-5, the scale head
+    # left out (ript.train_scale: false), and every one of their parameters took the PPO step
+    # (AdamW step count 1).
     # (This tiny policy never succeeds, so the advantages and the update are zero: that the
     # update moves LoRA and the heads is tested in tests/models/test_hf_vla.py.)
     state = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)["optimizer"]
     groups = {g["name"]: (g["lr"], len(g["params"])) for g in state["param_groups"]}
     lora = sum(1 for k in ript.trainable_state_dict() if "lora_" in k)
     head = len(list(ript.action_head.parameters()))
-    scale = len(list(ript.scale_head.parameters()))
-    assert groups == {"lora_": (1e-4, lora), "scale_head": (0.0, scale), "default": (1e-5, head)}
-    assert len(state["state"]) == lora + head + scale
+    assert groups == {"lora_": (1e-4, lora), "default": (1e-5, head)}
+    assert len(state["state"]) == lora + head
     assert all(float(s["step"]) == 1.0 for s in state["state"].values())

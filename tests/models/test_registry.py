@@ -154,7 +154,7 @@ def test_a_kind_registered_outside_the_package_runs_sft_then_a_ript_step(tiny_ki
 def test_the_registry_answers_for_each_kind_and_refuses_clashes(tiny_kind, tmp_path):
     assert {"quest", "regression", "hf", "tiny_linear"} <= set(policy_kinds())
     assert policy_kind("quest").sampling_fields == ("temperature", "top_k")
-    assert policy_kind("regression").sampling_fields == () and policy_kind("hf").checkpoint_state is not None
+    assert policy_kind("regression").sampling_fields == ("scale_multiplier",) and policy_kind("hf").checkpoint_state is not None
     with pytest.raises(ValueError, match="already registered"):
         register_policy_kind(TINY)
     with pytest.raises(ValueError, match="already the network of policy kind 'tiny_linear'"):

@@ -34,7 +34,7 @@ def test_chunk_rows_pad_and_mask_as_before():
     torch.testing.assert_close(rows["action"][3, 2], demo["action"][4])  # last action repeated
     assert torch.equal(rows["observation", "state"], demo["observation", "state"])
     assert torch.equal(rows["observation", "image"], demo["observation", "image"])
-    assert "next" not in rows.keys() and set(rows.keys()) == {"observation", "action", "action_mask",
+    assert "next" not in rows.keys() and set(rows.keys()) == {"observation", "action", "action_mask", "demo_id", "demo_count",
                                                               "language_instruction"}
     ds = make_chunk_dataset(toy_demos(2, T=5), 4)
     assert ds.batch_size == (10,)

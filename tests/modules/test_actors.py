@@ -109,7 +109,7 @@ def test_fitted_scale_is_the_maximum_likelihood_scale_of_the_residuals(distribut
         def __init__(self):
             super().__init__()
             self.mean = torch.nn.Linear(4, 2)
-            self.scale = ScaleHead(1, (2,), hidden=8, init_scale=1.0)
+            self.scale = ScaleHead(1, (2,), hidden=8, init_scale=1.0, min_scale=1e-3, max_scale=10.0)
 
         def forward(self, obs):
             return self.mean(obs), self.scale(torch.ones(*obs.shape[:-1], 1))

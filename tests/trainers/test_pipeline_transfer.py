@@ -63,8 +63,9 @@ def test_pretrain_then_finetune_keeps_and_changes_the_right_parts(tmp_path, kind
             assert torch.equal(tuned.autoencoder.state_dict()[key], value), key
         assert any(not torch.equal(tuned.prior.state_dict()[k], v) for k, v in pretrained.prior.state_dict().items())
     else:
-        # the mean head is fine-tuned and the scale head refit on the target demos
-        assert set(sft_info["history"]) == {"regression", "scale"}
+        # the mean head is fine-tuned and the scale head refit on the target demos (held out
+        # of the mean's first stage when there are 2 or more)
+        assert set(sft_info["history"]) in ({"regression", "scale"}, {"regression", "regression_all", "scale"})
         assert any(not torch.equal(tuned.action_head.state_dict()[k], v)
                    for k, v in pretrained.action_head.state_dict().items())
         assert any(not torch.equal(tuned.scale_head.state_dict()[k], v)

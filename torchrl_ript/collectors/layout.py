@@ -119,7 +119,8 @@ def trajectory_row(
             "policy_version": torch.tensor(policy_version),
             # TorchRL's trajectory id (multi-process collectors count these)
             ("collector", "traj_ids"): torch.tensor(traj_id),
-            names["log_prob"]: (log_prob * mask.to(log_prob.dtype)).sum(),
+            # (per-action log-probs, ratio="action": [T, chunk])
+            names["log_prob"]: (log_prob * mask.to(log_prob.dtype).reshape(-1, *(1,) * (log_prob.ndim - 1))).sum(),
             "steps": steps,
         },
         batch_size=[],

@@ -45,8 +45,14 @@ from torchrl.modules import MLP
 
 from torchrl_ript.models.common import IMAGE_KEY, INSTRUCTION_KEY, call_flat, count_parameters, instruction_strings
 from torchrl_ript.models.registry import BuildSpec, PolicyKind, register_policy_kind
-from torchrl_ript.models.regression_policy import make_regression_actor, regression_sft
-from torchrl_ript.modules.scale_head import ScaleHead
+from torchrl_ript.models.regression_policy import (
+    check_scale_multiplier,
+    legacy_scale_config,
+    make_regression_actor,
+    regression_sft,
+    scale_head_parameters,
+)
+from torchrl_ript.modules.scale_head import OFT_MAX_SCALE, OFT_MIN_SCALE, ScaleHead
 
 __all__ = ["HFVLAConfig", "HFVLAPolicy", "ByteTokenizer", "make_hf_tokenizer", "save_tiny_llava", "HF_KIND"]
 
@@ -87,7 +93,10 @@ class HFVLAConfig:
     lora_targets: str = _LANGUAGE_LINEAR
     head_hidden: int = 256
     scale_hidden: int = 256
-    init_scale: float = 0.1
+    init_scale: float = 0.2
+    min_scale: float = OFT_MIN_SCALE  # the scale head's bounds: see RegressionConfig (the paper's OFT:
+    max_scale: float | None = OFT_MAX_SCALE  # log-scale in [-2, 0.5]); None: the former unbounded head
+    scale_multiplier: float = 1.0  # multiplies the sampled and scored scale (a sampling option)
     loss: str = "l1"
     backbone_dtype: str = "auto"  # "auto": bfloat16 on CUDA, float32 on CPU
     pretrained: str | None = None  # local folder of the backbone (set by from_pretrained; checkpoints reload from it)
@@ -189,7 +198,8 @@ class HFVLAPolicy(TensorDictModuleBase):
             in_features=hidden, out_features=config.action_dim,
             num_cells=[config.head_hidden, config.head_hidden], activation_class=nn.GELU,
         )
-        self.scale_head = ScaleHead(hidden, (config.action_dim,), hidden=config.scale_hidden, init_scale=config.init_scale)
+        self.scale_head = ScaleHead(hidden, (config.action_dim,), hidden=config.scale_hidden, init_scale=config.init_scale,
+                                    min_scale=config.min_scale, max_scale=config.max_scale)
         self.register_buffer("image_mean", torch.tensor(config.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(config.image_std).view(1, 3, 1, 1), persistent=False)
         self.image_key = image_key
@@ -417,6 +427,11 @@ def _build(spec: BuildSpec) -> HFVLAPolicy:
     return HFVLAPolicy.from_pretrained(spec.pretrained, config, image_key=tuple(spec.image_keys)[0])
 
 
+def _check_scale_sampling(network, options: dict) -> None:
+    if "scale_multiplier" in options:
+        check_scale_multiplier(options["scale_multiplier"])
+
+
 def _load(config: dict, state: dict) -> HFVLAPolicy:
     """A checkpoint holds adapters and heads; the frozen backbone is read from its folder again."""
     config = dict(config)
@@ -430,7 +445,7 @@ def _load(config: dict, state: dict) -> HFVLAPolicy:
         )
     for key in ("image_mean", "image_std"):
         config[key] = tuple(config[key])
-    policy = HFVLAPolicy.from_pretrained(folder, HFVLAConfig(**config))
+    policy = HFVLAPolicy.from_pretrained(folder, HFVLAConfig(**legacy_scale_config(config)))
     policy.load_trainable_state_dict(state)
     return policy
 
@@ -444,4 +459,7 @@ HF_KIND = register_policy_kind(PolicyKind(
     sft=regression_sft,
     checkpoint_state=lambda network: network.trainable_state_dict(),
     load=_load,
+    sampling_fields=("scale_multiplier",),
+    check_sampling=_check_scale_sampling,
+    scale_parameters=scale_head_parameters,
 ))

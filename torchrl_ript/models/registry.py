@@ -48,7 +48,7 @@ Examples:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any
 
@@ -71,7 +71,13 @@ __all__ = [
     "wrap_policy",
     "set_sampling",
     "config_dict",
+    "scale_parameters",
+    "SCALE_FITS",
 ]
+
+
+#: the ways a scale head can be fitted (:attr:`SFTOptions.scale_fit`)
+SCALE_FITS = ("heldout", "insample")
 
 
 @dataclass(frozen=True)
@@ -118,14 +124,42 @@ class SFTOptions:
         lr: learning rate.
         autoencoder_steps: QueST's stage 1 (``None``: ``steps``).
         scale_steps: steps of a scale head's NLL fit.
+        scale_fit: how a scale head is fitted (regression, hf): ``"heldout"``
+            (default): on demos the mean head did not see during its first
+            stage, so the scale reflects held-out error; ``"insample"``: on
+            the demos the mean was fitted to (overconfident: the mean's error
+            there is smaller than on new states). See
+            :func:`~torchrl_ript.models.regression_policy.regression_sft`.
+        scale_holdout: ``"heldout"``: the share of demos held out of the mean's
+            first stage for the scale fit (at least one demo).
+        scale_refit: ``"heldout"``: the share of ``steps`` the mean trains on all
+            demos after the held-out residuals are taken (0: the final mean never
+            sees the held-out demos).
         progress: show progress bars.
+
+    Examples:
+        >>> SFTOptions(steps=10, scale_fit="in-sample")
+        Traceback (most recent call last):
+        ...
+        ValueError: scale_fit must be one of ('heldout', 'insample'), got 'in-sample'.
     """
 
     steps: int
     lr: float = 3e-4
     autoencoder_steps: int | None = None
     scale_steps: int = 500
+    scale_fit: str = "heldout"
+    scale_holdout: float = 0.2
+    scale_refit: float = 0.25
     progress: bool = True
+
+    def __post_init__(self):
+        if self.scale_fit not in SCALE_FITS:
+            raise ValueError(f"scale_fit must be one of {SCALE_FITS}, got {self.scale_fit!r}.")
+        if not 0 < self.scale_holdout < 1:
+            raise ValueError(f"scale_holdout must be in (0, 1) (a share of the demos), got {self.scale_holdout}.")
+        if not 0 <= self.scale_refit < 1:
+            raise ValueError(f"scale_refit must be in [0, 1) (a share of the mean's steps), got {self.scale_refit}.")
 
 
 @dataclass
@@ -182,6 +216,9 @@ class PolicyKind:
             (default: its ``state_dict()``).
         load: ``(config dict, state)`` -> the rebuilt network (default:
             ``network_class(config_class(**config))`` loading ``state``).
+        scale_parameters: network -> the parameters of its scale head (a
+            continuous policy's density width), which RIPT leaves frozen unless
+            ``ript.train_scale`` (:func:`scale_parameters`); ``None``: none.
     """
 
     name: str
@@ -198,6 +235,7 @@ class PolicyKind:
     check_sampling: Callable[[nn.Module, dict], None] | None = None
     checkpoint_state: Callable[[nn.Module], dict] | None = None
     load: Callable[[dict, dict], nn.Module] | None = None
+    scale_parameters: Callable[[nn.Module], Iterable[nn.Parameter]] | None = None
 
     def wrap(self, network: nn.Module) -> PolicyBundle:
         """The network as actor + rollout policy (a :class:`PolicyBundle`)."""
@@ -379,3 +417,28 @@ def config_dict(config) -> dict:
     if is_dataclass(config):
         return asdict(config)
     raise TypeError(f"a policy config must be a dataclass or have to_dict(), got {type(config).__name__}.")
+
+
+def scale_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The scale-head parameters of every registered policy network inside ``module``.
+
+    ``module`` is a network, or an actor / rollout policy around one: each
+    submodule that is the network of a registered kind contributes its
+    kind's :attr:`PolicyKind.scale_parameters`. Empty when there is none
+    (QueST, a plain actor of your own).
+
+    Examples:
+        >>> from torchrl_ript.models.regression_policy import RegressionPolicy, regression_config
+        >>> from torchrl_ript.models.regression_policy import make_regression_actor
+        >>> net = RegressionPolicy(regression_config("tiny"))
+        >>> len(scale_parameters(make_regression_actor(net))) == len(list(net.scale_head.parameters()))
+        True
+    """
+    found: dict[int, nn.Parameter] = {}
+    classes = {kind.network_class: kind for kind in _KINDS.values() if kind.scale_parameters is not None}
+    for sub in module.modules():
+        kind = classes.get(type(sub))
+        if kind is not None:
+            for param in kind.scale_parameters(sub):
+                found.setdefault(id(param), param)
+    return list(found.values())

@@ -5,7 +5,7 @@ them on ``[n_envs, ...]`` observations, the loss on ``[n_steps, ...]``.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from tensordict.nn import TensorDictModule, TensorDictModuleBase, TensorDictSequential
 from tensordict.utils import NestedKey
@@ -18,7 +18,13 @@ from torchrl_ript.modules.distributions import (
     TokenCategorical,
 )
 
-__all__ = ["make_token_actor", "make_continuous_actor", "make_rollout_policy"]
+__all__ = [
+    "ContinuousScoring",
+    "make_token_actor",
+    "make_continuous_actor",
+    "make_rollout_policy",
+    "score_per_action",
+]
 
 _CONTINUOUS = {"laplace": IndependentLaplace, "gaussian": IndependentGaussian}
 
@@ -82,6 +88,7 @@ def make_continuous_actor(
     action_key: NestedKey = "action",
     log_prob_key: NestedKey = "action_log_prob",
     scale_multiplier: float = 1.0,
+    scale_multiplier_source: object | None = None,
     event_dims: int = 2,
 ) -> ProbabilisticActor:
     """Laplace (or Gaussian) actor over a continuous action chunk (OFT-style).
@@ -91,7 +98,11 @@ def make_continuous_actor(
     for a single action ``[*batch, A]``). Rollouts sample
     (``ExplorationType.RANDOM``), evaluation takes the mean
     (``DETERMINISTIC``). ``scale_multiplier`` widens exploration and is part
-    of the scored distribution.
+    of the scored distribution; ``scale_multiplier_source`` (e.g. the
+    network's config) is an object whose ``scale_multiplier`` attribute is
+    read at every call instead, so changing it changes sampling and scoring
+    at once. The options live in a :class:`ContinuousScoring`
+    (``actor[-1].distribution_kwargs``).
 
     Examples:
         >>> import torch
@@ -119,9 +130,105 @@ def make_continuous_actor(
         in_keys={"loc": loc_key, "scale": scale_key},
         out_keys=[action_key],
         distribution_class=_CONTINUOUS[distribution],
-        distribution_kwargs={"scale_multiplier": scale_multiplier, "event_dims": event_dims},
+        distribution_kwargs=ContinuousScoring(
+            scale_multiplier=scale_multiplier, source=scale_multiplier_source, event_dims=event_dims
+        ),
         return_log_prob=True,
         log_prob_key=log_prob_key,
+    )
+
+
+class ContinuousScoring(Mapping):
+    """The options of a continuous actor's distribution, read at every call.
+
+    ``{"scale_multiplier", "event_dims"}`` as the actor's
+    ``distribution_kwargs``: sampling and the scored log-prob see the same
+    values whenever they change. ``scale_multiplier`` is the fixed value, or
+    the ``scale_multiplier`` attribute of ``source`` (e.g. a network config,
+    what ``set_sampling`` changes) when ``source`` is given. ``event_dims``
+    is how many trailing dims one log-prob sums: 2 for a ``[chunk, A]``
+    decision, 1 per action of the chunk (:func:`score_per_action`).
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> config = SimpleNamespace(scale_multiplier=1.0)
+        >>> options = ContinuousScoring(source=config)
+        >>> config.scale_multiplier = 2.0
+        >>> dict(options)
+        {'scale_multiplier': 2.0, 'event_dims': 2}
+    """
+
+    _KEYS = ("scale_multiplier", "event_dims")
+
+    def __init__(self, *, scale_multiplier: float = 1.0, source: object | None = None, event_dims: int = 2) -> None:
+        if source is None and not scale_multiplier > 0:
+            raise ValueError(f"scale_multiplier must be > 0, got {scale_multiplier}.")
+        self._scale_multiplier = float(scale_multiplier)
+        self.source = source
+        self.event_dims = int(event_dims)
+        self.per_action = False  # set by score_per_action
+
+    @property
+    def scale_multiplier(self) -> float:
+        if self.source is None:
+            return self._scale_multiplier
+        return float(getattr(self.source, "scale_multiplier", 1.0))
+
+    def __getitem__(self, key: str):
+        if key not in self._KEYS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._KEYS)
+
+    def __len__(self) -> int:
+        return len(self._KEYS)
+
+    def __repr__(self) -> str:
+        return f"ContinuousScoring({dict(self)})"
+
+
+def score_per_action(actor: TensorDictModuleBase) -> TensorDictModuleBase:
+    """Make a chunk actor score each action of its chunk separately (in place).
+
+    A continuous actor over ``[chunk, A]`` decisions (``event_dims=2``) then
+    writes a log-prob per action, ``[*batch, chunk]`` (summed over the ``A``
+    action dims only), for sampling and scoring alike; PPO then has one ratio
+    per action (``RIPTClipPPOLoss(ratio="action")`` calls this). Calling it
+    again is a no-op. Returns ``actor``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> class Net(nn.Module):
+        ...     def forward(self, x):
+        ...         return torch.zeros(*x.shape[:-1], 4, 2), torch.ones(*x.shape[:-1], 4, 2)
+        >>> actor = score_per_action(make_continuous_actor(Net(), in_keys=["obs"]))
+        >>> actor(TensorDict(obs=torch.zeros(3, 5), batch_size=[3]))["action_log_prob"].shape
+        torch.Size([3, 4])
+    """
+    options = _continuous_scoring(actor)
+    if options.per_action:
+        return actor
+    if options.event_dims < 2:
+        raise ValueError(
+            f"per-action scoring needs a chunk actor (event_dims=2, decisions [chunk, A]); this actor "
+            f"scores single actions (event_dims={options.event_dims}): use the decision ratio (ratio='step')."
+        )
+    options.event_dims -= 1
+    options.per_action = True
+    return actor
+
+
+def _continuous_scoring(actor: TensorDictModuleBase) -> ContinuousScoring:
+    for module in actor.modules():
+        options = getattr(module, "distribution_kwargs", None)
+        if isinstance(options, ContinuousScoring):
+            return options
+    raise ValueError(
+        f"{type(actor).__name__} is not a continuous chunk actor (make_continuous_actor): per-action "
+        "ratios need a factorised Laplace/Gaussian over [chunk, A]; token actors use ratio='step'."
     )
 
 

@@ -7,6 +7,7 @@ NLL of the demonstration actions (the official code never released this step).
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -16,19 +17,52 @@ from torch import nn
 from torchrl.modules import ProbabilisticActor
 from tqdm.auto import tqdm
 
-__all__ = ["ScaleHead", "fit_scale_head", "chunk_nll"]
+__all__ = ["ScaleHead", "check_scale_bounds", "fit_scale_head", "chunk_nll", "OFT_MIN_SCALE", "OFT_MAX_SCALE"]
+
+
+#: the paper's released OpenVLA-OFT code clamps the Laplace log-scale to [-2, 0.5]
+#: in normalised action units ([-1, 1], as LIBERO's and MetaWorld's actions are)
+OFT_MIN_SCALE = math.exp(-2.0)  # 0.135
+OFT_MAX_SCALE = math.exp(0.5)  # 1.65
 
 
 class ScaleHead(nn.Module):
     """A small MLP mapping features to a positive per-dimension scale.
 
-    ``softplus`` keeps the scale positive and ``min_scale`` keeps the density
-    finite when demonstrations are (almost) deterministic.
+    Two maps from the MLP's output ``raw`` to the scale:
+
+    * bounded (``max_scale`` given, the default of the policies): the
+      log-scale is ``sigmoid(raw)`` mapped onto ``[log min_scale, log
+      max_scale]``, so the scale can never leave ``[min_scale, max_scale]``
+      and its gradient stays smooth at the bounds (a clamp would stop it).
+      The paper's released OFT code bounds the log-scale to ``[-2, 0.5]``
+      (:data:`OFT_MIN_SCALE`, :data:`OFT_MAX_SCALE`): a floor on the scale is
+      a floor on how far one gradient step can move a decision's log-prob
+      ratio (``|d log p / d loc| = 1 / scale`` per Laplace dimension).
+    * legacy (``max_scale=None``): ``softplus(raw) + min_scale``, unbounded
+      above, the map of checkpoints saved before the bounded head existed.
+
+    Args:
+        in_features: feature size.
+        out_shape: the scale's shape per row (e.g. ``(chunk, action_dim)``).
+
+    Keyword Args:
+        hidden (int): the MLP's hidden width. Defaults to ``256``.
+        min_scale (float): the smallest scale. Defaults to :data:`OFT_MIN_SCALE`.
+        max_scale (float, optional): the largest scale; ``None``: the legacy
+            unbounded map. Defaults to :data:`OFT_MAX_SCALE`.
+        init_scale (float): the scale before any fit (inside the bounds).
+            Defaults to ``0.2``.
 
     Examples:
         >>> head = ScaleHead(16, (4, 7))
-        >>> head(torch.randn(2, 16)).shape
-        torch.Size([2, 4, 7])
+        >>> scale = head(torch.randn(2, 16)).detach()
+        >>> scale.shape, round(float(scale.mean()), 4)
+        (torch.Size([2, 4, 7]), 0.2)
+        >>> with torch.no_grad():
+        ...     _ = head.net[-1].bias.fill_(1e3)  # a head pushed far up stays at max_scale
+        >>> round(float(head(torch.zeros(1, 16)).max().detach()), 4) == round(OFT_MAX_SCALE, 4)
+        True
     """
 
     def __init__(
@@ -37,10 +71,12 @@ class ScaleHead(nn.Module):
         out_shape: tuple[int, ...],
         *,
         hidden: int = 256,
-        min_scale: float = 1e-3,
-        init_scale: float = 0.1,
+        min_scale: float = OFT_MIN_SCALE,
+        max_scale: float | None = OFT_MAX_SCALE,
+        init_scale: float = 0.2,
     ) -> None:
         super().__init__()
+        check_scale_bounds(min_scale, max_scale, init_scale)
         self.out_shape = tuple(out_shape)
         numel = 1
         for size in self.out_shape:
@@ -48,15 +84,59 @@ class ScaleHead(nn.Module):
         self.net = nn.Sequential(
             nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, numel)
         )
-        self.min_scale = min_scale
-        # start near init_scale so the first rollouts explore moderately
+        self.min_scale = float(min_scale)
+        self.max_scale = None if max_scale is None else float(max_scale)
+        # start at init_scale so the first rollouts explore moderately
         nn.init.zeros_(self.net[-1].weight)
-        bias = torch.log(torch.expm1(torch.tensor(max(init_scale - min_scale, 1e-6))))
-        nn.init.constant_(self.net[-1].bias, float(bias))
+        if self.max_scale is None:
+            bias = math.log(math.expm1(max(init_scale - min_scale, 1e-6)))
+        else:
+            low, high = math.log(self.min_scale), math.log(self.max_scale)
+            share = (math.log(init_scale) - low) / (high - low)
+            bias = math.log(share / (1.0 - share))
+        nn.init.constant_(self.net[-1].bias, bias)
+
+    @property
+    def bounded(self) -> bool:
+        """Whether the scale is bounded above (``max_scale`` set)."""
+        return self.max_scale is not None
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         raw = self.net(features).unflatten(-1, self.out_shape)
-        return nn.functional.softplus(raw) + self.min_scale
+        if self.max_scale is None:
+            return nn.functional.softplus(raw) + self.min_scale
+        low, high = math.log(self.min_scale), math.log(self.max_scale)
+        return (low + (high - low) * torch.sigmoid(raw)).exp()
+
+
+def check_scale_bounds(min_scale: float, max_scale: float | None, init_scale: float) -> None:
+    """Raise ``ValueError`` unless ``0 < min_scale < init_scale < max_scale``
+    (``max_scale=None``: the legacy head, only ``min_scale >= 0`` and ``init_scale > min_scale``).
+
+    Examples:
+        >>> check_scale_bounds(0.135, 1.65, 0.2)
+        >>> check_scale_bounds(0.135, 1.65, 0.1)
+        Traceback (most recent call last):
+        ...
+        ValueError: init_scale=0.1 must lie strictly inside (min_scale, max_scale) = (0.135, 1.65): set init_scale between them (e.g. 0.2) or widen the bounds.
+    """
+    if max_scale is None:
+        if min_scale < 0 or init_scale <= min_scale:
+            raise ValueError(
+                f"the unbounded scale head needs 0 <= min_scale < init_scale, got min_scale={min_scale}, "
+                f"init_scale={init_scale}."
+            )
+        return
+    if not 0 < min_scale < max_scale:
+        raise ValueError(
+            f"the scale bounds must satisfy 0 < min_scale < max_scale, got ({min_scale}, {max_scale}) "
+            "(the paper's OFT code: exp(-2) = 0.135 and exp(0.5) = 1.65)."
+        )
+    if not min_scale < init_scale < max_scale:
+        raise ValueError(
+            f"init_scale={init_scale} must lie strictly inside (min_scale, max_scale) = ({min_scale}, "
+            f"{max_scale}): set init_scale between them (e.g. 0.2) or widen the bounds."
+        )
 
 
 def chunk_nll(

@@ -10,10 +10,11 @@ from tensordict.utils import NestedKey
 from torchrl.objectives import ClipPPOLoss
 
 from torchrl_ript.data.instructions import instruction_strings
+from torchrl_ript.modules.actors import score_per_action
 
 __all__ = ["RIPTClipPPOLoss"]
 
-_RATIOS = ("trajectory", "step")
+_RATIOS = ("trajectory", "step", "action")
 _REDUCTIONS = ("decision", "trajectory")
 
 
@@ -37,6 +38,15 @@ class RIPTClipPPOLoss(ClipPPOLoss):
       every statistic it logs (``clip_fraction``, ``kl_approx``, ``ESS``,
       ``mean_ratio``, ``max_ratio``) are means over real decisions: padding
       never enters.
+    - ``ratio="action"`` (continuous chunk actors): one ratio per action of
+      each decision's ``[chunk, A]`` chunk, its log-prob summed over the ``A``
+      action dims only, so a ratio sums ``A`` Laplace/Gaussian terms instead
+      of ``chunk * A``. The loss switches its actor to per-action scoring
+      (:func:`~torchrl_ript.modules.score_per_action`, in place: the
+      collector running the same actor then records ``[chunk]`` log-probs
+      per decision) and runs as ``"step"``: ``ClipPPOLoss`` broadcasts each
+      decision's advantage over its actions (its per-token path), and the
+      statistics are means over actions.
 
     The advantage contract is ``ClipPPOLoss``'s: one value per trajectory,
     shaped ``[N, 1]`` (what :class:`~torchrl_ript.transforms.RLOOAdvantage`
@@ -66,7 +76,7 @@ class RIPTClipPPOLoss(ClipPPOLoss):
 
     Keyword Args:
         clip_epsilon (float): PPO clip. Defaults to ``0.2`` (QueST; OFT uses 0.1).
-        ratio (str): ``"trajectory"`` (default) or ``"step"`` (see above).
+        ratio (str): ``"trajectory"`` (default), ``"step"`` or ``"action"`` (see above).
         loss_reduction (str): ``"decision"`` (default) or ``"trajectory"``
             (see above; the trajectory ratio is always a mean over trajectories).
         **kwargs: any other ``ClipPPOLoss`` option (e.g. ``normalize_advantage``).
@@ -130,7 +140,9 @@ class RIPTClipPPOLoss(ClipPPOLoss):
             raise ValueError(f"ratio must be one of {_RATIOS}, got {ratio!r}.")
         if loss_reduction not in _REDUCTIONS:
             raise ValueError(f"loss_reduction must be one of {_REDUCTIONS}, got {loss_reduction!r}.")
-        per_trajectory = ratio == "step" and loss_reduction == "trajectory"
+        if ratio == "action":
+            score_per_action(actor_network)
+        per_trajectory = ratio in ("step", "action") and loss_reduction == "trajectory"
         if per_trajectory:
             if kwargs.get("reduction") not in (None, "none"):
                 raise ValueError("loss_reduction='trajectory' reduces the objective itself: leave reduction unset.")
@@ -162,12 +174,20 @@ class RIPTClipPPOLoss(ClipPPOLoss):
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         """``ClipPPOLoss.forward`` on trajectories (``ratio="trajectory"``) or on the
         minibatch's valid decisions (``ratio="step"``); adds ``support_exit_fraction``."""
-        data = self._decisions(tensordict) if self.ratio == "step" else tensordict
+        data = self._decisions(tensordict) if self.ratio != "trajectory" else tensordict
+        if self.ratio == "action":
+            stored = data.get(self.tensor_keys.sample_log_prob)
+            if stored.ndim < 2:
+                raise ValueError(
+                    f"ratio='action' needs one collected log-prob per action ([decisions, chunk]), got "
+                    f"{tuple(stored.shape)}: collect with the actor this loss scores (it switched it to "
+                    "per-action scoring), or build Ray workers after the loss (make_collector does)."
+                )
         self._last_log_prob = None
         out = super().forward(data)
         if self._per_trajectory:  # each trajectory's decisions share one unit of weight
             rows = self._rows
-            per_decision = out.get("loss_objective").reshape(rows.shape)
+            per_decision = out.get("loss_objective").reshape(rows.shape[0], -1).mean(-1)
             length = torch.bincount(rows)[rows].to(per_decision.dtype)
             out.set("loss_objective", (per_decision / length).sum() / rows.unique().numel())
         current = self._last_log_prob
@@ -223,7 +243,7 @@ class RIPTClipPPOLoss(ClipPPOLoss):
         # pin in pyproject.toml). The extra arguments are forwarded untouched:
         # 0.14.x passes ``params=`` (the target weights of a delayed actor),
         # newer TorchRL calls the hook with the tensordict alone.
-        if self.ratio == "step":  # already flat decisions: ClipPPOLoss's own scoring
+        if self.ratio != "trajectory":  # already flat decisions: ClipPPOLoss's own scoring
             log_prob, dist, composite = super()._get_cur_log_prob(tensordict, *args, **kwargs)
             self._last_log_prob = log_prob.detach()
             return log_prob, dist, composite

@@ -19,6 +19,8 @@ from torchrl_ript.collectors.distributed import RayGroupCollector
 from torchrl_ript.collectors.group import GroupCollector
 from torchrl_ript.config import RIPTConfig, validate_ript_config
 from torchrl_ript.data.context import ContextDataset
+from torchrl_ript.models.registry import scale_parameters
+from torchrl_ript.modules.actors import score_per_action
 from torchrl_ript.objectives.ppo import RIPTClipPPOLoss
 from torchrl_ript.trainers.ddp import DistributedContext, RankCollector
 from torchrl_ript.trainers.evaluate import evaluate_success
@@ -143,7 +145,13 @@ def make_ript_trainer(
     """Wire a :class:`RIPTTrainer` (collector, loss, optimiser, schedule, eval).
 
     ``actor`` is scored by the loss; ``policy`` (default: the actor) is what
-    the collector runs, e.g. the actor followed by a token decoder.
+    the collector runs, e.g. the actor followed by a token decoder. The scale
+    head of a registered continuous policy inside ``actor``
+    (:func:`~torchrl_ript.models.registry.scale_parameters`) is set to
+    ``requires_grad=config.train_scale``: frozen by default, so the optimiser
+    leaves it out. ``config.ratio="action"`` switches ``actor`` to per-action
+    scoring (:func:`~torchrl_ript.modules.score_per_action`, in place), before
+    any rollout is collected.
     ``eval_exploration_type`` is how the periodic evaluation acts: the mode
     (default) or the sampling policy (``ExplorationType.RANDOM``).
     ``collector`` replaces the default ``GroupCollector`` over ``env`` (e.g.
@@ -158,6 +166,9 @@ def make_ript_trainer(
         if env is None:
             raise ValueError("make_ript_trainer needs env= (or a ready collector=).")
         collector = make_group_collector(config, env, policy, train_contexts, sampled_action_key=sampled_action_key)
+    # the scale head (a registered kind's scale_parameters) trains only when asked
+    for param in scale_parameters(actor):
+        param.requires_grad_(bool(config.train_scale))
     loss = RIPTClipPPOLoss(actor, clip_epsilon=config.clip_epsilon, ratio=config.ratio,
                            loss_reduction=config.loss_reduction)
     loss.set_keys(action=sampled_action_key)
@@ -264,6 +275,8 @@ def make_collector(
         (torch.Size([8]), 8)
         >>> collector.shutdown()
     """
+    if config.ratio == "action":  # the collectors record per-action log-probs (Ray ships the policy now)
+        score_per_action(policy)
     opts = dict(COLLECTOR_DEFAULTS)
     unknown = set(options or {}) - set(opts)
     if unknown:

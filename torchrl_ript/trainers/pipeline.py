@@ -88,9 +88,12 @@ def policy_sampling(kind: str, options: Mapping | None) -> dict | None:
 
     Examples:
         >>> policy_sampling("quest", {"top_k": 5}), policy_sampling("regression", {"top_k": 5})
-        ({'top_k': 5}, None)
+        ({'top_k': 5}, {})
+        >>> policy_sampling("regression", {"top_k": 5, "scale_multiplier": 2.0})
+        {'scale_multiplier': 2.0}
     """
-    return dict(options or {}) if policy_kind(kind).sampling_fields else None
+    fields = policy_kind(kind).sampling_fields
+    return {k: v for k, v in (options or {}).items() if k in fields} if fields else None
 
 
 def train_sft(
@@ -102,6 +105,8 @@ def train_sft(
     lr: float = 3e-4,
     autoencoder_steps: int | None = None,
     scale_steps: int = 500,
+    scale_fit: str = "heldout",
+    scale_holdout: float = 0.2,
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, list[float]]:
@@ -110,7 +115,7 @@ def train_sft(
     then prior; regression mean then scale). Returns the per-step losses by stage."""
     batches = _demo_batches(bundle.network, files, batch_size, seed)
     options = SFTOptions(steps=steps, lr=lr, autoencoder_steps=autoencoder_steps, scale_steps=scale_steps,
-                         progress=progress)
+                         scale_fit=scale_fit, scale_holdout=scale_holdout, progress=progress)
     history = policy_kind(bundle.kind).sft(bundle, batches, options)
     bundle.network.eval()
     return history
@@ -124,6 +129,8 @@ def finetune_sft(
     batch_size: int = 64,
     lr: float = 3e-4,
     scale_steps: int = 500,
+    scale_fit: str = "heldout",
+    scale_holdout: float = 0.2,
     seed: int = 0,
     progress: bool = True,
     **_unused,
@@ -139,7 +146,8 @@ def finetune_sft(
     ``autoencoder_steps`` (and other :func:`train_sft` keywords) are ignored.
     """
     batches = _demo_batches(bundle.network, files, batch_size, seed)
-    options = SFTOptions(steps=steps, lr=lr, scale_steps=scale_steps, progress=progress)
+    options = SFTOptions(steps=steps, lr=lr, scale_steps=scale_steps, scale_fit=scale_fit,
+                         scale_holdout=scale_holdout, progress=progress)
     history = policy_kind(bundle.kind).finetune_recipe()(bundle, batches, options)
     bundle.network.eval()
     return history
@@ -482,7 +490,8 @@ def sft_options(sft: Mapping, *, seed: int) -> dict:
         3
     """
     return dict(steps=sft["steps"], autoencoder_steps=sft["autoencoder_steps"],
-                batch_size=sft["batch_size"], lr=sft["lr"], scale_steps=sft["scale_steps"], seed=seed)
+                batch_size=sft["batch_size"], lr=sft["lr"], scale_steps=sft["scale_steps"],
+                scale_fit=sft.get("scale_fit", "heldout"), scale_holdout=sft.get("scale_holdout", 0.2), seed=seed)
 
 
 def ript_config(values: Mapping, bundle: PolicyBundle, *, max_env_steps: int) -> RIPTConfig:

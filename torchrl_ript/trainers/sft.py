@@ -79,8 +79,12 @@ def chunk_demo_files(
     t+chunk-1`` (past the end of the demo: its last action repeated) and
     ``mask_key`` ``[chunk]`` (``False`` on that padding). Each file's
     ``instruction`` becomes the rows' ``"language_instruction"``; only
-    ``keep_keys`` (observations, instruction), the action and the mask are
-    kept.
+    ``keep_keys`` (observations, instruction), the action, the mask and the
+    demo bookkeeping are kept: ``"demo_id"`` ``[1]`` (the row's demo, a
+    running index over the files) and ``"demo_count"`` ``[1]`` (demos in
+    all), from which a recipe can hold whole demos out of a fit (the
+    regression policy's held-out scale fit,
+    :func:`~torchrl_ript.models.regression_policy.heldout_demo_ids`).
 
     Examples:
         >>> import numpy as np, os, tempfile
@@ -97,7 +101,9 @@ def chunk_demo_files(
         raise ValueError("the demo files hold no demos.")
     rows = from_bc_dataset(demos_to_bc_dataset(files, chunk_size=chunk_size), mask_key=mask_key)
     keep = [k for k in keep_keys if k in rows.keys(include_nested=True)]
-    return rows.select(*keep, "action", mask_key)
+    rows = rows.select(*keep, "action", mask_key, "demo_id")
+    rows.set("demo_count", torch.full_like(rows.get("demo_id"), sum(len(file) for file in files)))
+    return rows
 
 
 def make_chunk_dataset(demos: Iterable[TensorDictBase], chunk_size: int, **kwargs) -> TensorDictBase:
