@@ -35,7 +35,7 @@ from torchrl.objectives import ClipPPOLoss
 
 from torchrl_ript.config import RIPTConfig
 from torchrl_ript.objectives.ppo import RIPTClipPPOLoss
-from torchrl_ript.trainers.factory import make_collector, make_ript_trainer
+from torchrl_ript.trainers.factory import make_policy_trainer
 from torchrl_ript.trainers.ript import RIPTTrainer
 
 __all__ = [
@@ -276,16 +276,12 @@ def make_audit_trainer(
     collector_options: Mapping | None,
 ) -> RIPTTrainer:
     """The collector and trainer :func:`~torchrl_ript.trainers.pipeline.ript_stage`
-    builds from the same arguments (``make_collector`` then ``make_ript_trainer``:
-    the configured collector, B, K, dynamic sampling, loss, optimizer, lr,
-    epochs, minibatch, clip), without logger, checkpoints or evaluation."""
-    collector = make_collector(config, collector_options, env_fn=env_fn, policy=bundle.policy,
-                               train_contexts=train_contexts, sampled_action_key=bundle.sampled_key)
-    return make_ript_trainer(
-        config, env=make_env() if collector is None else None, collector=collector, eval_env=None,
-        actor=bundle.actor, policy=bundle.policy, sampled_action_key=bundle.sampled_key,
-        train_contexts=train_contexts, progress=False,
-    )
+    builds from the same arguments (both call
+    :func:`~torchrl_ript.trainers.factory.make_policy_trainer`: the configured
+    collector, B, K, dynamic sampling, loss, optimizer, lr, epochs, minibatch,
+    clip), without logger, checkpoints or evaluation."""
+    return make_policy_trainer(config, bundle=bundle, env_fn=env_fn, make_env=make_env,
+                               train_contexts=train_contexts, collector_options=collector_options, progress=False)
 
 
 def collect_one_batch(trainer: RIPTTrainer) -> tuple[TensorDictBase, dict]:

@@ -33,6 +33,7 @@ __all__ = [
     "make_collector",
     "make_group_collector",
     "make_logger",
+    "make_policy_trainer",
     "make_ript_trainer",
 ]
 
@@ -343,3 +344,52 @@ def make_collector(
     if distributed is None:
         return collector
     return RankCollector(collector, distributed, mode=mode)
+
+
+def make_policy_trainer(
+    config: RIPTConfig,
+    *,
+    bundle,
+    env_fn: Callable[[], EnvBase],
+    make_env: Callable[[], EnvBase],
+    train_contexts: ContextDataset,
+    collector_options: Mapping | None,
+    distributed: DistributedContext | None = None,
+    **trainer_options,
+) -> RIPTTrainer:
+    """The collector and trainer of a policy bundle (``PolicyBundle``: actor,
+    policy, sampled-action key), as the examples' RIPT stage and the signal
+    audit build them: :func:`make_collector` from ``collector_options`` (an
+    example's ``collector:`` section), else the default collector over
+    ``make_env()``, then :func:`make_ript_trainer` with ``trainer_options``
+    (``eval_env``, ``eval_contexts``, ``logger``, ``checkpoint_dir``,
+    ``eval_exploration_type``, ``progress``; ``eval_env`` defaults to none).
+
+    Examples:
+        >>> import torch
+        >>> from functools import partial
+        >>> from torchrl.envs import SerialEnv
+        >>> from torchrl_ript.envs.toy import ContextToyVLAEnv
+        >>> from torchrl_ript.modules.toy_policies import toy_laplace_actor
+        >>> from torchrl_ript.models.registry import PolicyBundle
+        >>> actor, _ = toy_laplace_actor()
+        >>> bundle = PolicyBundle(kind="toy", network=actor, actor=actor, policy=actor, sampled_key="action", n_exec=1)
+        >>> env_fn = partial(ContextToyVLAEnv, action_dim=2, max_steps=4)
+        >>> contexts = ContextDataset(torch.rand(8, 2) - 0.5, [0] * 8, ["track"], seed=0)
+        >>> trainer = make_policy_trainer(RIPTConfig(group_size=2, trajs_per_batch=4, minibatch_size=4,
+        ...     num_steps=1, max_decisions=4), bundle=bundle, env_fn=env_fn, make_env=lambda: SerialEnv(2, env_fn),
+        ...     train_contexts=contexts,
+        ...     collector_options=None, progress=False)
+        >>> type(trainer.collector).__name__
+        'GroupCollector'
+        >>> trainer.collector.shutdown()
+    """
+    collector = make_collector(config, collector_options, env_fn=env_fn, policy=bundle.policy,
+                               train_contexts=train_contexts, sampled_action_key=bundle.sampled_key,
+                               distributed=distributed)
+    trainer_options.setdefault("eval_env", None)
+    return make_ript_trainer(
+        config, env=make_env() if collector is None else None, collector=collector, distributed=distributed,
+        actor=bundle.actor, policy=bundle.policy, sampled_action_key=bundle.sampled_key,
+        train_contexts=train_contexts, **trainer_options,
+    )

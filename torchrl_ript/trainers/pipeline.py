@@ -47,7 +47,7 @@ from torchrl_ript.models.registry import (
 from torchrl_ript.trainers import sft
 from torchrl_ript.trainers.ddp import DistributedContext
 from torchrl_ript.trainers.evaluate import EXPLORATION_MODES, evaluate_modes, save_video
-from torchrl_ript.trainers.factory import make_collector, make_logger, make_ript_trainer
+from torchrl_ript.trainers.factory import make_logger, make_policy_trainer
 from torchrl_ript.trainers.plots import plot_success_rate
 from torchrl_ript.trainers.ript import RIPTTrainer
 from torchrl_ript.trainers.stats import paired_success_test
@@ -574,10 +574,11 @@ def ript_stage(
 ) -> tuple[RIPTTrainer, dict]:
     """RIPT on ``bundle``: build the collector and trainer, resume, train, save the policy.
 
-    The collector is the one ``collector_options`` (an example's
-    ``collector:`` section) asks for (:func:`~torchrl_ript.trainers.factory.make_collector`),
-    or the default :class:`~torchrl_ript.collectors.GroupCollector` over
-    ``make_env()`` (an adaptive context sampler hears of every finished
+    The collector and trainer are
+    :func:`~torchrl_ript.trainers.factory.make_policy_trainer`'s: the
+    collector ``collector_options`` (an example's ``collector:`` section)
+    asks for, or the default :class:`~torchrl_ript.collectors.GroupCollector`
+    over ``make_env()`` (an adaptive context sampler hears of every finished
     rollout through the collector's buffer). The trainer resumes from
     ``out/checkpoints/latest.pt`` when it exists; otherwise ``initial_eval``
     (an evaluation record ``{"step": 0, "success_rate", ...}`` of the same
@@ -587,16 +588,11 @@ def ript_stage(
     ``{"ript_s", "iterations_without_update"}``.
     """
     out = Path(out)
-    collector = make_collector(config, collector_options, env_fn=env_fn, policy=bundle.policy,
-                               train_contexts=train_contexts, sampled_action_key=bundle.sampled_key,
-                               distributed=distributed)
-    trainer = make_ript_trainer(
-        config, env=make_env() if collector is None else None, collector=collector, distributed=distributed,
-        eval_env=eval_env, actor=bundle.actor, policy=bundle.policy, sampled_action_key=bundle.sampled_key,
-        train_contexts=train_contexts, eval_contexts=eval_contexts,
-        logger=make_logger(logger_kind, out / "logs", log_name),
-        checkpoint_dir=out / "checkpoints", eval_exploration_type=EXPLORATION_MODES[eval_mode],
-        progress=progress,
+    trainer = make_policy_trainer(
+        config, bundle=bundle, env_fn=env_fn, make_env=make_env, train_contexts=train_contexts,
+        collector_options=collector_options, distributed=distributed,
+        eval_env=eval_env, eval_contexts=eval_contexts, logger=make_logger(logger_kind, out / "logs", log_name),
+        checkpoint_dir=out / "checkpoints", eval_exploration_type=EXPLORATION_MODES[eval_mode], progress=progress,
     )
     resumed = trainer.resume(out / "checkpoints" / "latest.pt")
     if initial_eval is not None and not resumed:
