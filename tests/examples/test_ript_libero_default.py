@@ -36,9 +36,9 @@ def test_default_config_is_the_cpu_scripted_recipe():
     assert cfg.demos.dir is None and not cfg.demos.random and cfg.demos.per_task >= 1
     assert cfg.demos.per_task + cfg.eval.per_task <= 50
     assert cfg.env.camera_size <= 64 and cfg.policy.image_size == cfg.env.camera_size
-    # a Laplace regression policy, per-decision ratios, K=8, both eval modes (sampling = headline)
+    # a Laplace regression policy, per-decision ratios, K=8, both eval modes (the mean action = headline)
     assert cfg.policy.kind == "regression" and cfg.ript.ratio == "step" and cfg.ript.group_size == 8
-    assert list(cfg.eval.exploration) == ["random", "deterministic"]
+    assert list(cfg.eval.exploration) == ["deterministic", "random"]
     from torchrl_ript.config import RIPTConfig, validate_ript_config
 
     validate_ript_config(RIPTConfig.from_mapping({**OmegaConf.to_container(cfg.ript), "max_decisions": 35}))

@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-from tensordict import NonTensorStack, TensorDict
 
 from model_helpers import make_obs, toy_demos
 from torchrl_ript.models import RegressionPolicy, load_policy, regression_config, save_policy, set_sampling, wrap_policy

@@ -1,5 +1,4 @@
 """RIPT leaves the scale head as SFT fitted it unless ``ript.train_scale``; per-action ratios through the factory."""
-import pytest
 import torch
 from tensordict import NonTensorStack, TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type

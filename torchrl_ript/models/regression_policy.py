@@ -32,7 +32,7 @@ from torchrl_ript.models.bc import masked_l1, train_bc
 from torchrl_ript.models.common import EncoderConfig, ObservationEncoder, call_flat, count_parameters
 from torchrl_ript.models.registry import BuildSpec, PolicyBundle, PolicyKind, SFTOptions, register_policy_kind
 from torchrl_ript.modules.actors import make_continuous_actor
-from torchrl_ript.modules.scale_head import OFT_MAX_SCALE, OFT_MIN_SCALE, ScaleHead, check_scale_bounds, fit_scale_head
+from torchrl_ript.modules.scale_head import OFT_MAX_SCALE, ScaleHead, check_scale_bounds, fit_scale_head
 
 __all__ = [
     "RegressionConfig",

@@ -115,10 +115,10 @@ def check_scale_bounds(min_scale: float, max_scale: float | None, init_scale: fl
 
     Examples:
         >>> check_scale_bounds(0.135, 1.65, 0.2)
-        >>> check_scale_bounds(0.135, 1.65, 0.1)
+        >>> check_scale_bounds(0.135, 1.65, 0.1)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: init_scale=0.1 must lie strictly inside (min_scale, max_scale) = (0.135, 1.65): set init_scale between them (e.g. 0.2) or widen the bounds.
+        ValueError: init_scale=0.1 must lie strictly inside (min_scale, max_scale) = (0.135, 1.65): set ...
     """
     if max_scale is None:
         if min_scale < 0 or init_scale <= min_scale:
