@@ -29,7 +29,8 @@ def test_set_sampling_survives_save_and_load(tmp_path):
         (lambda: QuestPolicy(quest_config("tiny")), {"top_p": 0.9}, "valid: \\['temperature', 'top_k'\\]"),
         (lambda: QuestPolicy(quest_config("tiny")), {"top_k": 0}, "top_k must be in"),
         (lambda: QuestPolicy(quest_config("tiny")), {"temperature": 0.0}, "temperature must be > 0"),
-        (lambda: RegressionPolicy(regression_config("tiny")), {"top_k": 5}, "valid: none"),
+        (lambda: RegressionPolicy(regression_config("tiny")), {"top_k": 5}, "valid: \\['scale_multiplier'\\]"),
+        (lambda: RegressionPolicy(regression_config("tiny")), {"scale_multiplier": 0.0}, "scale_multiplier must be > 0"),
     ],
 )
 def test_set_sampling_rejects_bad_options(network, options, match):
