@@ -87,6 +87,7 @@ def check_zero_advantages(result):
     assert result["null_in_band"] is True
 
 
+@pytest.mark.slow  # ~40 s end to end; the audit's logic runs on the toy env in tests/trainers/test_audit.py
 @pytest.mark.timeout(700)
 def test_libero_smoke_regression(tmp_path):
     """LIBERO smoke config, Laplace regression policy: continuous scale statistics in the JSON."""
