@@ -86,9 +86,7 @@ def merge_collection_stats(stats: Sequence[CollectionStats | None]) -> Collectio
         if field.name == "per_task":
             for per_task in values:
                 for task, counts in per_task.items():
-                    merged = out.per_task.setdefault(int(task), {"groups": 0, "informative": 0, "kept": 0})
-                    for name in merged:
-                        merged[name] += counts[name]
+                    out.add_task_counts(task, counts)
         elif field.name in ("wall_s", "max_lag", "max_staleness"):
             setattr(out, field.name, max(values))
         elif field.type in (bool, "bool"):
@@ -101,9 +99,8 @@ def merge_collection_stats(stats: Sequence[CollectionStats | None]) -> Collectio
 def _stats_from_dict(values: dict) -> CollectionStats:
     names = {f.name for f in dataclasses.fields(CollectionStats)}
     stats = CollectionStats(**{k: v for k, v in values.items() if k in names and k != "per_task"})
-    # as_dict's task mix carries derived rates: keep the counts only
-    stats.per_task = {int(task): {name: counts[name] for name in ("groups", "informative", "kept")}
-                      for task, counts in values.get("per_task", {}).items()}
+    for task, counts in values.get("per_task", {}).items():  # as_dict's task mix: the counts only
+        stats.add_task_counts(task, counts)
     return stats
 
 

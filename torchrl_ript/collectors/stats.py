@@ -42,10 +42,14 @@ class CollectionStats:
 
     def count_group(self, task_id: int, *, informative: bool, kept: int) -> None:
         """Count one completed group of ``task_id`` (``kept``: its rollouts written to the batch)."""
-        counts = self.per_task.setdefault(int(task_id), {"groups": 0, "informative": 0, "kept": 0})
-        counts["groups"] += 1
-        counts["informative"] += int(informative)
-        counts["kept"] += int(kept)
+        self.add_task_counts(task_id, {"groups": 1, "informative": int(informative), "kept": int(kept)})
+
+    def add_task_counts(self, task_id: int, counts: dict) -> None:
+        """Add ``counts`` (``groups``, ``informative``, ``kept``; other keys, e.g. the
+        rates of :meth:`task_mix`, are ignored) to ``task_id``'s."""
+        total = self.per_task.setdefault(int(task_id), {"groups": 0, "informative": 0, "kept": 0})
+        for name in total:
+            total[name] += int(counts[name])
 
     @property
     def success_rate(self) -> float:
