@@ -33,9 +33,9 @@ echo "[test] $PYTHON -m ruff check torchrl_ript tests examples benchmarks"
 
 # pytest's targets, markers and doctests come from pyproject.toml (a bare `pytest`
 # runs the same): the tests and the package's doctests, slow tests deselected.
-echo "[test] $PYTHON -m pytest -q -ra --timeout=900 $*"
+echo "[test] $PYTHON -m pytest -q -ra --durations=30 --timeout=900 $*"
 set +e
-"$PYTHON" -m pytest -q -ra --timeout=900 "$@"
+"$PYTHON" -m pytest -q -ra --durations=30 --timeout=900 "$@"
 rc=$?
 set -e
 if [[ $rc -eq 5 ]]; then

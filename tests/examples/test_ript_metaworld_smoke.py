@@ -92,7 +92,9 @@ EXTRA = {"quest": ["+policy.overrides.n_exec=8", "policy.sampling.top_k=3", "eva
          "regression": []}  # its tiny preset executes its 8-action chunk
 
 
-@pytest.mark.parametrize("kind", ["quest", "regression"])
+# ~40 s each: the default run keeps the QueST one (the main job's kind and protocol); the
+# regression kind's pipeline stages run in tests/trainers/test_pipeline_transfer.py
+@pytest.mark.parametrize("kind", ["quest", pytest.param("regression", marks=pytest.mark.slow)])
 def test_metaworld_fewshot_pipeline_smoke(tmp_path, kind):
     result = run_example(
         tmp_path, "ript_metaworld_fewshot", "tasks=[reach-v3]", "demos.per_task=1",
@@ -110,6 +112,7 @@ def test_metaworld_fewshot_pipeline_smoke(tmp_path, kind):
         assert load_policy(tmp_path / "ript_policy.pt").config.top_k == 3  # saved with the weights
 
 
+@pytest.mark.slow  # ~45 s; pretrain -> fine-tune runs in-process in tests/trainers/test_pipeline_transfer.py
 def test_metaworld_transfer_pipeline_smoke(tmp_path):
     """pretrain (2 demos of reach-v3) -> 1-demo SFT of reach-wall-v3 -> one RIPT iteration."""
     from torchrl_ript.data import ContextDataset

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 SCRIPT = Path(__file__).parents[2] / "examples" / "ript_toy.py"
@@ -44,6 +45,7 @@ def _assert_same_run(a: dict, b: dict) -> None:
     assert [r["train/loss"] for r in a["history"]] == [r["train/loss"] for r in b["history"]]
 
 
+@pytest.mark.slow  # ~40 s of subprocesses; tests/reliability/test_trainer_faults.py kills and resumes a trainer in the default run
 def test_the_same_command_twice_and_a_killed_then_resumed_run_end_bitwise_equal(tmp_path):
     first, second, killed = tmp_path / "first", tmp_path / "second", tmp_path / "killed"
     _finish(_start(first))

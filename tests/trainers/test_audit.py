@@ -210,9 +210,9 @@ def test_zero_update_gives_no_movement(zero):
         assert audit[f"out_of_band_{run}"] == 0.0
         assert abs(audit[f"k1_{run}"]) < 1e-6 and audit[f"k3_{run}"] < 1e-10
         assert audit[run]["scale_after"] == audit[run]["scale_before"]
-    if zero == "advantages":  # the loss's gradient is exactly 0, so AdamW's step is too
+    if zero == "advantages":  # the loss's gradient is exactly 0 (the KL above may keep
+        # float noise of ~1e-14: CI measured 1.9e-14 where this machine measures 0)
         assert audit["grad_norm_real"] == audit["grad_norm_null"] == 0.0
-        assert audit["k3_real"] == audit["k3_null"] == 0.0
 
 
 def test_token_policy_trajectory_ratio():
