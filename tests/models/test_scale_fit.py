@@ -95,7 +95,7 @@ def _fit(scale_fit, seed=0):
     data = make_chunk_dataset(_noisy_demos(10, 12, seed=seed), 4)
     assert data.get("demo_count").unique().tolist() == [10]
     batches = batch_iterator(data, 32, seed=seed)
-    options = SFTOptions(steps=300, lr=3e-3, scale_steps=150, scale_fit=scale_fit, progress=False)
+    options = SFTOptions(steps=150, lr=3e-3, scale_steps=80, scale_fit=scale_fit, progress=False)
     history = regression_sft(bundle, batches, options)
     with torch.no_grad():
         scale = bundle.actor.get_dist(data[:64]).base_dist.scale.mean()
