@@ -4,8 +4,20 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
+from pathlib import Path
+
 import pytest
 import torch
+
+EXAMPLE_CONFIGS = Path(__file__).parents[1] / "examples" / "configs"
+
+
+def compose_example_config(name: str, overrides=()):
+    """An example's Hydra config as its script would see it (``--config-name name overrides``)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(EXAMPLE_CONFIGS), version_base=None):
+        return compose(config_name=name, overrides=list(overrides))
 
 
 @pytest.fixture(autouse=True)

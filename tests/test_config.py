@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import compose_example_config
 
 from torchrl_ript.config import PAPER_PRESETS, ConfigError, RIPTConfig, validate_ript_config
 
@@ -71,10 +72,7 @@ def test_hydra_example_rejects_bad_overrides(tmp_path):
 
 def test_hydra_config_rejects_unknown_keys():
     """A misspelt field is Hydra's struct error, before any work starts."""
-    from hydra import compose, initialize_config_dir
     from hydra.errors import ConfigCompositionException
 
-    configs = Path(__file__).parents[1] / "examples" / "configs"
-    with initialize_config_dir(config_dir=str(configs), version_base=None):
-        with pytest.raises(ConfigCompositionException, match="nonsense"):
-            compose(config_name="ript_toy", overrides=["ript.nonsense=1"])
+    with pytest.raises(ConfigCompositionException, match="nonsense"):
+        compose_example_config("ript_toy", ["ript.nonsense=1"])

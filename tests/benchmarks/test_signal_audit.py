@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import compose_example_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "signal_audit.py"
@@ -33,11 +34,8 @@ def load_script():
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "examples" / "configs").glob("*.yaml")))
 def test_every_example_config_maps_to_its_example(name):
     """``--config-name`` picks the example: every ript_libero* / ript_metaworld* config, and a clear refusal else."""
-    from hydra import compose, initialize_config_dir
-
     script = load_script()
-    with initialize_config_dir(config_dir=str(ROOT / "examples" / "configs"), version_base=None):
-        cfg = compose(config_name=name)
+    cfg = compose_example_config(name)
     if name.startswith(("ript_libero", "ript_metaworld")):
         example = script.example_for(name, cfg)
         assert name.startswith(f"ript_{example}")

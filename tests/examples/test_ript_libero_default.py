@@ -13,23 +13,17 @@ from pathlib import Path
 
 import pytest
 
+from conftest import compose_example_config
 from torchrl_ript.envs.libero.setup import libero_available
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 SCRIPT = EXAMPLES / "ript_libero.py"
 
 
-def _compose(name: str, overrides=()):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(EXAMPLES / "configs"), version_base=None):
-        return compose(config_name=name, overrides=list(overrides))
-
-
 def test_default_config_is_the_cpu_scripted_recipe():
     from omegaconf import OmegaConf
 
-    cfg = _compose("ript_libero")
+    cfg = compose_example_config("ript_libero")
     OmegaConf.resolve(cfg)
     assert cfg.suite == "libero_object" and 1 <= len(cfg.task_ids) <= 2
     # no data needed: the scripted experts record a few demos, held-out init states are not used
@@ -48,7 +42,7 @@ def test_default_config_is_the_cpu_scripted_recipe():
 def test_variant_configs_resolve(name):
     from omegaconf import OmegaConf
 
-    cfg = _compose(name)
+    cfg = compose_example_config(name)
     OmegaConf.resolve(cfg)
     if name == "ript_libero_paper":
         assert (cfg.ript.group_size, cfg.ript.trajs_per_batch, cfg.ript.ppo_epochs, cfg.ript.lr) == (16, 160, 20, 1e-6)
@@ -60,7 +54,7 @@ def test_variant_configs_resolve(name):
 
 
 def test_context_sampler_keys_are_metaworlds():
-    libero, metaworld = _compose("ript_libero"), _compose("ript_metaworld")
+    libero, metaworld = compose_example_config("ript_libero"), compose_example_config("ript_metaworld")
     assert (libero.contexts.sampler, libero.contexts.explore) == (metaworld.contexts.sampler,
                                                                   metaworld.contexts.explore) == ("uniform", 0.2)
 
@@ -69,7 +63,7 @@ def test_unknown_override_fails():
     from hydra.errors import ConfigCompositionException
 
     with pytest.raises(ConfigCompositionException):
-        _compose("ript_libero", ["ript.not_a_field=1"])
+        compose_example_config("ript_libero", ["ript.not_a_field=1"])
 
 
 @pytest.mark.skipif(not libero_available(), reason="LIBERO is not installed: run `bash scripts/install_libero.sh`.")
