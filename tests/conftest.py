@@ -12,12 +12,17 @@ import torch
 EXAMPLE_CONFIGS = Path(__file__).parents[1] / "examples" / "configs"
 
 
-def compose_example_config(name: str, overrides=()):
-    """An example's Hydra config as its script would see it (``--config-name name overrides``)."""
+@pytest.fixture
+def compose_example_config():
+    """``compose(name, overrides=())``: an example's Hydra config as its script would see it
+    (``--config-name name overrides``)."""
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(EXAMPLE_CONFIGS), version_base=None):
-        return compose(config_name=name, overrides=list(overrides))
+    def _compose(name: str, overrides=()):
+        with initialize_config_dir(config_dir=str(EXAMPLE_CONFIGS), version_base=None):
+            return compose(config_name=name, overrides=list(overrides))
+
+    return _compose
 
 
 @pytest.fixture(autouse=True)

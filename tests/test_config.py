@@ -3,7 +3,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import compose_example_config
 
 from torchrl_ript.config import PAPER_PRESETS, ConfigError, RIPTConfig, validate_ript_config
 
@@ -70,7 +69,7 @@ def test_hydra_example_rejects_bad_overrides(tmp_path):
     assert "must be a multiple of group_size" in run.stdout + run.stderr
 
 
-def test_hydra_config_rejects_unknown_keys():
+def test_hydra_config_rejects_unknown_keys(compose_example_config):
     """A misspelt field is Hydra's struct error, before any work starts."""
     from hydra.errors import ConfigCompositionException
 

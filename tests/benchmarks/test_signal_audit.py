@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import compose_example_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "signal_audit.py"
@@ -32,7 +31,7 @@ def load_script():
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "examples" / "configs").glob("*.yaml")))
-def test_every_example_config_maps_to_its_example(name):
+def test_every_example_config_maps_to_its_example(name, compose_example_config):
     """``--config-name`` picks the example: every ript_libero* / ript_metaworld* config, and a clear refusal else."""
     script = load_script()
     cfg = compose_example_config(name)

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compose_example_config
 from torchrl_ript.envs.libero.setup import libero_available
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 SCRIPT = EXAMPLES / "ript_libero.py"
 
 
-def test_default_config_is_the_cpu_scripted_recipe():
+def test_default_config_is_the_cpu_scripted_recipe(compose_example_config):
     from omegaconf import OmegaConf
 
     cfg = compose_example_config("ript_libero")
@@ -39,7 +38,7 @@ def test_default_config_is_the_cpu_scripted_recipe():
 
 
 @pytest.mark.parametrize("name", ["ript_libero_paper", "ript_libero_oft", "ript_libero_smoke"])
-def test_variant_configs_resolve(name):
+def test_variant_configs_resolve(name, compose_example_config):
     from omegaconf import OmegaConf
 
     cfg = compose_example_config(name)
@@ -53,13 +52,13 @@ def test_variant_configs_resolve(name):
         assert cfg.ript.lr == 1e-5 and cfg.ript.param_lrs["lora_"] == 1e-4
 
 
-def test_context_sampler_keys_are_metaworlds():
+def test_context_sampler_keys_are_metaworlds(compose_example_config):
     libero, metaworld = compose_example_config("ript_libero"), compose_example_config("ript_metaworld")
     assert (libero.contexts.sampler, libero.contexts.explore) == (metaworld.contexts.sampler,
                                                                   metaworld.contexts.explore) == ("uniform", 0.2)
 
 
-def test_unknown_override_fails():
+def test_unknown_override_fails(compose_example_config):
     from hydra.errors import ConfigCompositionException
 
     with pytest.raises(ConfigCompositionException):
