@@ -1,0 +1,58 @@
+"""``benchmarks/compare_runs.py``: paired comparison of two variants over seeds."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_runs.py"
+
+
+@pytest.fixture(scope="module")
+def compare():
+    spec = importlib.util.spec_from_file_location("compare_runs_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def write_result(path: Path, seed: int, sft: list[int], ript: list[int]) -> str:
+    result = {
+        "config": {"ript": {"seed": seed}},
+        "sr_sft_by_mode": {"random": {"outcomes": [bool(x) for x in sft]}},
+        "sr_ript_by_mode": {"random": {"outcomes": [bool(x) for x in ript]}},
+    }
+    path.write_text(json.dumps(result))
+    return str(path)
+
+
+def test_pooled_pairs_and_per_seed_rows(tmp_path, compare, capsys):
+    sft = [0, 0, 0, 0, 1, 1]
+    b0 = write_result(tmp_path / "b0.json", 0, sft, [1, 0, 0, 0, 1, 1])
+    c0 = write_result(tmp_path / "c0.json", 0, sft, [1, 1, 1, 0, 1, 1])
+    b1 = write_result(tmp_path / "b1.json", 1, sft, [0, 0, 0, 0, 1, 0])
+    c1 = write_result(tmp_path / "c1.json", 1, sft, [1, 1, 0, 0, 1, 1])
+    summary = compare(["--baseline", b0, b1, "--candidate", c0, c1])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
+    rows = {r["seed"]: r for r in summary["rows"]}
+    assert set(rows) == {"0", "1", "pooled"}
+    assert (rows["0"]["candidate_vs_baseline"]["gained"], rows["0"]["candidate_vs_baseline"]["lost"]) == (2, 0)
+    assert rows["1"]["baseline_vs_sft"]["lost"] == 1
+    pooled = rows["pooled"]
+    assert pooled["n"] == 12
+    # the pooled discordant starts are the sum over seeds: 2 + 3 gained, 0 lost
+    assert (pooled["candidate_vs_baseline"]["gained"], pooled["candidate_vs_baseline"]["lost"]) == (5, 0)
+    assert pooled["candidate_vs_baseline"]["p_value"] == pytest.approx(1 / 32)
+
+
+def test_refuses_mismatched_inputs(tmp_path, compare):
+    a = write_result(tmp_path / "a.json", 0, [0, 1], [1, 1])
+    b = write_result(tmp_path / "b.json", 0, [0, 1, 1], [1, 1, 1])
+    with pytest.raises(SystemExit, match="eval.per_task"):
+        compare(["--baseline", a, "--candidate", b])
+    with pytest.raises(SystemExit, match="one candidate result per baseline"):
+        compare(["--baseline", a, a, "--candidate", a])
+    with pytest.raises(SystemExit, match="--mode"):
+        compare(["--baseline", a, "--candidate", a, "--mode", "deterministic"])
