@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from torchrl_ript.collectors.stats import CollectionStats
 from torchrl_ript.config import RIPTConfig
 from torchrl_ript.data.demos import DemoFile
 from torchrl_ript.data.samplers import AdaptiveSampler, make_sampler
@@ -429,21 +430,15 @@ def task_mix(history: list[dict]) -> dict:
         >>> [sorted(it) for it in mix["per_iteration"]]
         [[0], [0, 1]]
     """
-    totals: dict = {}
+    totals = CollectionStats()  # the collector's own per-task sums and rates
     per_iteration = []
     for record in history:
         per_task = record.get("collect/per_task") or {}
         per_iteration.append({int(t): {k: c[k] for k in ("informative_rate", "batch_share") if k in c}
                               for t, c in per_task.items()})
         for task, counts in per_task.items():
-            total = totals.setdefault(int(task), {"groups": 0, "informative": 0, "kept": 0})
-            for name in total:
-                total[name] += counts[name]
-    kept = sum(c["kept"] for c in totals.values())
-    for counts in totals.values():
-        counts["informative_rate"] = counts["informative"] / max(counts["groups"], 1)
-        counts["batch_share"] = counts["kept"] / kept if kept else 0.0
-    return {"total": dict(sorted(totals.items())), "per_iteration": per_iteration}
+            totals.add_task_counts(task, counts)
+    return {"total": totals.task_mix(), "per_iteration": per_iteration}
 
 
 def collection_summary(history: list[dict], *, dynamic_sampling: bool = True) -> dict:
