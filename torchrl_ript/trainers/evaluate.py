@@ -56,10 +56,10 @@ def evaluate_success(
     ``seed``: the policy's random draws come from torch's RNG seeded with it,
     and the caller's RNG state is restored afterwards. A policy's score on the
     same contexts then does not depend on what ran before (pretraining, SFT,
-    RIPT), evaluating does not shift the caller's random stream, and two
-    evaluations with the same seed share their random numbers (common random
-    numbers: a small policy change flips fewer outcomes by sampling noise, so
-    a paired test sees it sooner). ``None`` draws from the current state.
+    RIPT) and evaluating does not shift the caller's random stream. (Two
+    different policies do not get start-by-start common random numbers: once
+    a rollout ends at another step, the slots take the next contexts in
+    another order.) ``None`` draws from the current state.
 
     Examples:
         >>> import torch

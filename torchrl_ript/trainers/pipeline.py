@@ -533,9 +533,8 @@ def evaluate_stage(
     paired test against ``baseline`` (an earlier result of this function on
     the same contexts, e.g. before RIPT) when given. ``lockstep``: the env
     slots step with a barrier (``ript.lockstep``: bit-reproducible). ``seed``
-    seeds the sampling policy's draws (``eval.seed``): the before and after
-    evaluations share their random numbers and score the same as any other
-    run of the same policy, whatever ran before. Returns
+    seeds the sampling policy's draws (``eval.seed``): a policy scores the
+    same as in any other run of it, whatever ran before. Returns
     :func:`~torchrl_ript.trainers.evaluate_modes`'s result without the frames.
     """
     result = evaluate_modes(env, bundle.policy, contexts, horizon=horizon, modes=modes,
