@@ -198,7 +198,7 @@ def main(cfg: DictConfig) -> None:
     def evaluate(tag, baseline=None):
         return evaluate_stage(env, bundle, held_out, tag=tag, horizon=config.max_decisions, modes=modes,
                               videos=cfg.eval.videos, out=out, baseline=baseline, lockstep=config.lockstep,
-                              progress=cfg.progress)
+                              seed=cfg.eval.seed, progress=cfg.progress)
 
     eval_start = time.perf_counter()
     before = evaluate("before")
@@ -211,6 +211,7 @@ def main(cfg: DictConfig) -> None:
         trainer, info = ript_stage(
             config, **ript_inputs(cfg, prep), out=out, eval_env=env if during else None,
             eval_contexts=first_per_task(held_out, task_ids, during) if during else None, eval_mode=modes[0],
+            eval_seed=cfg.eval.seed,
             # same contexts: the "before" evaluation is the history's first point
             initial_eval={"success_rate": before["success_rate"], "step": 0,
                           **{f"sr/{k}": v for k, v in before["per_task"].items()}}

@@ -175,7 +175,8 @@ def main(cfg: DictConfig) -> None:
     eval_env = as_env_pool(make_batched_env(env_fn, cfg.env.num_envs))  # one pool for every evaluation
     held_out = held_out_contexts(cfg, prep.paths)
     evaluate = partial(evaluate_stage, eval_env, bundle, held_out, horizon=config.max_decisions, modes=modes,
-                       videos=cfg.eval.videos, out=out, lockstep=config.lockstep, progress=cfg.progress)
+                       videos=cfg.eval.videos, out=out, lockstep=config.lockstep, seed=cfg.eval.seed,
+                       progress=cfg.progress)
 
     # a rerun from the same checkpoint may skip the SFT evaluation
     sft_eval = evaluate(tag="sft") if cfg.stages.eval_sft else None
@@ -187,6 +188,7 @@ def main(cfg: DictConfig) -> None:
         trainer, _ = ript_stage(
             config, **inputs, out=out, eval_env=eval_env,
             eval_contexts=first_per_task(held_out, cfg.eval.during_training_per_task), eval_mode=modes[0],
+            eval_seed=cfg.eval.seed,
             distributed=distributed, logger_kind=cfg.logger.kind, log_name="ript_metaworld", progress=cfg.progress,
         )
         trainer.collector.shutdown()  # its own env pool: the evaluations have theirs

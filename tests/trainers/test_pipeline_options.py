@@ -67,3 +67,27 @@ def test_evaluate_modes_scores_the_mode_and_the_sampling_policy():
     assert out["by_mode"]["deterministic"]["sr"] == 1.0
     assert out["by_mode"]["random"]["sr"] < 1.0
     assert out["success_rate"] == out["by_mode"]["random"]["sr"]  # the first mode is the headline
+
+
+def test_seeded_evaluation_does_not_depend_on_the_callers_random_state():
+    class Noisy(torch.nn.Module):
+        def forward(self, state):
+            return state[..., 2:4] + 0.3 * torch.randn_like(state[..., 2:4])
+
+    policy = TensorDictModule(Noisy(), in_keys=[("observation", "state")], out_keys=["action"])
+    contexts = ContextDataset(torch.rand(24, 2, generator=torch.Generator().manual_seed(0)) - 0.5, [0] * 24, ["track"])
+    env = SerialEnv(2, lambda: ContextToyVLAEnv(action_dim=2))
+
+    def outcomes(global_seed, seed):
+        torch.manual_seed(global_seed)  # what ran before the evaluation (pretraining, SFT...)
+        state = torch.get_rng_state()
+        out = evaluate_modes(env, policy, contexts, horizon=4, modes="random", lockstep=True, seed=seed,
+                             progress=False)["by_mode"]["random"]["outcomes"]
+        return out, torch.equal(torch.get_rng_state(), state)
+
+    unseeded = [outcomes(g, None)[0] for g in (1, 2)]
+    assert 0 < sum(unseeded[0]) < len(contexts)  # sampling noise decides some outcomes
+    assert unseeded[0] != unseeded[1]  # ... so without a seed the caller's state changes the score
+    (first, restored), (second, _) = outcomes(1, 7), outcomes(2, 7)
+    assert first == second
+    assert restored  # the caller's random stream is left where it was

@@ -1,6 +1,7 @@
 """Success rate on held-out contexts, with the policy's mode or its sampling distribution."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -33,6 +34,7 @@ def evaluate_success(
     record_videos: int = 0,
     frame_key: NestedKey = ("observation", "image"),
     lockstep: bool = False,
+    seed: int | None = None,
     progress: bool = True,
 ) -> dict:
     """Roll out each context of ``contexts`` once and report success rates.
@@ -51,6 +53,13 @@ def evaluate_success(
     ``lockstep`` steps the slots with a barrier (see
     :class:`~torchrl_ript.collectors.engine.RolloutEngine`): a sampling
     policy then draws the same random numbers whatever the envs' timing.
+    ``seed``: the policy's random draws come from torch's RNG seeded with it,
+    and the caller's RNG state is restored afterwards. A policy's score on the
+    same contexts then does not depend on what ran before (pretraining, SFT,
+    RIPT) and evaluating does not shift the caller's random stream. (Two
+    different policies do not get start-by-start common random numbers: once
+    a rollout ends at another step, the slots take the next contexts in
+    another order.) ``None`` draws from the current state.
 
     Examples:
         >>> import torch
@@ -93,7 +102,7 @@ def evaluate_success(
     engine = RolloutEngine(env, policy, contexts, horizon=horizon, on_decision=on_decision,
                            extra_keys=[frame_key] if record_videos else None, lockstep=lockstep)
     try:
-        with torch.no_grad(), set_exploration_type(exploration_type):
+        with torch.no_grad(), set_exploration_type(exploration_type), _seeded(seed):
             engine.run(next_rollout, on_finish)
     finally:
         bar.close()
@@ -134,6 +143,7 @@ def evaluate_modes(
     record_videos: int = 0,
     frame_key: NestedKey = ("observation", "image"),
     lockstep: bool = False,
+    seed: int | None = None,
     progress: bool = True,
 ) -> dict:
     """:func:`evaluate_success` once per exploration mode (names of :data:`EXPLORATION_MODES`).
@@ -141,7 +151,8 @@ def evaluate_modes(
     The first mode is the headline: its ``success_rate``, ``per_task`` and
     ``videos`` are returned at the top level; ``by_mode`` maps every mode to
     ``{"sr", "per_task", "outcomes", "n"}`` (``outcomes``: per-context
-    successes in context order, for paired tests).
+    successes in context order, for paired tests). Every mode is evaluated
+    with the same ``seed`` (see :func:`evaluate_success`).
 
     Examples:
         >>> import torch
@@ -161,12 +172,24 @@ def evaluate_modes(
         result = evaluate_success(
             env, policy, contexts, horizon=horizon, exploration_type=EXPLORATION_MODES[mode],
             record_videos=record_videos if headline is None else 0, frame_key=frame_key, lockstep=lockstep,
-            progress=progress,
+            seed=seed, progress=progress,
         )
         by_mode[mode] = {"sr": result["success_rate"], "per_task": result["per_task"],
                          "outcomes": result["outcomes"], "n": result["num_rollouts"]}
         headline = headline or result
     return {**headline, "by_mode": by_mode}
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None):
+    if seed is None:
+        yield
+        return
+    # the CUDA generators too when a policy samples there
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def save_video(frames: np.ndarray, path: str | Path, *, fps: int = 10) -> Path:

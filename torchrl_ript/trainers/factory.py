@@ -139,6 +139,7 @@ def make_ript_trainer(
     logger: Logger | None = None,
     checkpoint_dir: str | Path | None = None,
     eval_exploration_type: ExplorationType = ExplorationType.DETERMINISTIC,
+    eval_seed: int | None = None,
     progress: bool = True,
     collector=None,
     distributed=None,
@@ -154,7 +155,10 @@ def make_ript_trainer(
     scoring (:func:`~torchrl_ript.modules.score_per_action`, in place), before
     any rollout is collected.
     ``eval_exploration_type`` is how the periodic evaluation acts: the mode
-    (default) or the sampling policy (``ExplorationType.RANDOM``).
+    (default) or the sampling policy (``ExplorationType.RANDOM``);
+    ``eval_seed`` seeds its random draws (the same numbers at every
+    evaluation, and training's random stream untouched; see
+    :func:`~torchrl_ript.trainers.evaluate.evaluate_success`).
     ``collector`` replaces the default ``GroupCollector`` over ``env`` (e.g.
     Ray workers or a DDP rank's share, from
     :func:`make_collector`); ``distributed`` is the
@@ -184,7 +188,8 @@ def make_ript_trainer(
         def evaluate():
             return evaluate_success(
                 eval_env, policy, eval_contexts, horizon=config.max_decisions,
-                exploration_type=eval_exploration_type, lockstep=config.lockstep, progress=progress,
+                exploration_type=eval_exploration_type, lockstep=config.lockstep, seed=eval_seed,
+                progress=progress,
             )
 
     if checkpoint_dir is not None and (distributed is None or distributed.is_main):
@@ -363,7 +368,7 @@ def make_policy_trainer(
     example's ``collector:`` section), else the default collector over
     ``make_env()``, then :func:`make_ript_trainer` with ``trainer_options``
     (``eval_env``, ``eval_contexts``, ``logger``, ``checkpoint_dir``,
-    ``eval_exploration_type``, ``progress``; ``eval_env`` defaults to none).
+    ``eval_exploration_type``, ``eval_seed``, ``progress``; ``eval_env`` defaults to none).
 
     Examples:
         >>> import torch

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from torchrl_ript.collectors.stats import CollectionStats
 from torchrl_ript.config import RIPTConfig
 from torchrl_ript.data.demos import DemoFile
 from torchrl_ript.data.samplers import AdaptiveSampler, make_sampler
@@ -429,21 +430,15 @@ def task_mix(history: list[dict]) -> dict:
         >>> [sorted(it) for it in mix["per_iteration"]]
         [[0], [0, 1]]
     """
-    totals: dict = {}
+    totals = CollectionStats()  # the collector's own per-task sums and rates
     per_iteration = []
     for record in history:
         per_task = record.get("collect/per_task") or {}
         per_iteration.append({int(t): {k: c[k] for k in ("informative_rate", "batch_share") if k in c}
                               for t, c in per_task.items()})
         for task, counts in per_task.items():
-            total = totals.setdefault(int(task), {"groups": 0, "informative": 0, "kept": 0})
-            for name in total:
-                total[name] += counts[name]
-    kept = sum(c["kept"] for c in totals.values())
-    for counts in totals.values():
-        counts["informative_rate"] = counts["informative"] / max(counts["groups"], 1)
-        counts["batch_share"] = counts["kept"] / kept if kept else 0.0
-    return {"total": dict(sorted(totals.items())), "per_iteration": per_iteration}
+            totals.add_task_counts(task, counts)
+    return {"total": totals.task_mix(), "per_iteration": per_iteration}
 
 
 def collection_summary(history: list[dict], *, dynamic_sampling: bool = True) -> dict:
@@ -526,6 +521,7 @@ def evaluate_stage(
     out: Path,
     baseline: Mapping | None = None,
     lockstep: bool = False,
+    seed: int | None = None,
     progress: bool = True,
 ) -> dict:
     """Held-out success rates of ``bundle``'s rollout policy in each exploration mode.
@@ -536,11 +532,13 @@ def evaluate_stage(
     ``out/videos/<tag>_<i>.gif`` and each mode's rates are printed, with the
     paired test against ``baseline`` (an earlier result of this function on
     the same contexts, e.g. before RIPT) when given. ``lockstep``: the env
-    slots step with a barrier (``ript.lockstep``: bit-reproducible). Returns
+    slots step with a barrier (``ript.lockstep``: bit-reproducible). ``seed``
+    seeds the sampling policy's draws (``eval.seed``): a policy scores the
+    same as in any other run of it, whatever ran before. Returns
     :func:`~torchrl_ript.trainers.evaluate_modes`'s result without the frames.
     """
     result = evaluate_modes(env, bundle.policy, contexts, horizon=horizon, modes=modes,
-                            record_videos=videos, lockstep=lockstep, progress=progress)
+                            record_videos=videos, lockstep=lockstep, seed=seed, progress=progress)
     for i, frames in enumerate(result.pop("videos")):
         save_video(frames, Path(out) / "videos" / f"{tag}_{i}.gif")
     for mode, scores in result["by_mode"].items():
@@ -566,6 +564,7 @@ def ript_stage(
     eval_env=None,
     eval_contexts=None,
     eval_mode: str = "deterministic",
+    eval_seed: int | None = None,
     initial_eval: Mapping | None = None,
     distributed: DistributedContext | None = None,
     logger_kind: str = "csv",
@@ -582,7 +581,9 @@ def ript_stage(
     rollout through the collector's buffer). The trainer resumes from
     ``out/checkpoints/latest.pt`` when it exists; otherwise ``initial_eval``
     (an evaluation record ``{"step": 0, "success_rate", ...}`` of the same
-    contexts as ``eval_contexts``) starts its evaluation history. The trained
+    contexts as ``eval_contexts``) starts its evaluation history; the
+    periodic evaluation on ``eval_contexts`` acts in ``eval_mode`` with its
+    draws seeded by ``eval_seed`` (see :func:`evaluate_stage`). The trained
     network is saved as ``out/ript_policy.pt``. Returns the trainer (its
     collector still running: shut it down after the final evaluation) and
     ``{"ript_s", "iterations_without_update"}``.
@@ -592,7 +593,8 @@ def ript_stage(
         config, bundle=bundle, env_fn=env_fn, make_env=make_env, train_contexts=train_contexts,
         collector_options=collector_options, distributed=distributed,
         eval_env=eval_env, eval_contexts=eval_contexts, logger=make_logger(logger_kind, out / "logs", log_name),
-        checkpoint_dir=out / "checkpoints", eval_exploration_type=EXPLORATION_MODES[eval_mode], progress=progress,
+        checkpoint_dir=out / "checkpoints", eval_exploration_type=EXPLORATION_MODES[eval_mode], eval_seed=eval_seed,
+        progress=progress,
     )
     resumed = trainer.resume(out / "checkpoints" / "latest.pt")
     if initial_eval is not None and not resumed:
