@@ -82,6 +82,9 @@ class RIPTConfig:
         max_grad_norm: gradient clipping (``None`` = off).
         target_kl: stop a step's PPO epochs once an epoch's mean per-decision
             KL estimate passes it (``None`` = off; see ``RIPTTrainer``).
+        null_advantages: a control run on random-sign advantages (the signal
+            audit's null every step; see ``RIPTTrainer``): how far the recipe
+            moves held-out success without the reward.
         ratio: ``"trajectory"`` (Eq. 8), ``"step"`` (one ratio per decision) or
             ``"action"`` (continuous chunk policies: one ratio per action of a
             decision's chunk, its log-prob summed over the action dims only;
@@ -121,6 +124,7 @@ class RIPTConfig:
     clip_epsilon: float = 0.2
     max_grad_norm: float | None = 1.0
     target_kl: float | None = None
+    null_advantages: bool = False
     ratio: str = "trajectory"
     train_scale: bool = False
     loss_reduction: str = "decision"

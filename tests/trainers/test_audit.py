@@ -11,6 +11,7 @@ import torch
 from torchrl.envs import SerialEnv
 
 from torchrl_ript import ContextDataset, ContextToyVLAEnv, GroupCollector
+from torchrl_ript.config import RIPTConfig
 from torchrl_ript.objectives import RIPTClipPPOLoss
 from torchrl_ript.trainers import RIPTTrainer, make_optimizer
 from torchrl_ript.trainers.audit import (
@@ -18,11 +19,12 @@ from torchrl_ript.trainers.audit import (
     collect_one_batch,
     decision_log_probs,
     log_ratio_variance_shares,
-    random_sign_advantages,
+    make_audit_trainer,
     ratio_statistics,
     scale_statistics,
     signal_audit,
 )
+from torchrl_ript.transforms import random_sign_advantages
 
 from toy_helpers import laplace_actor, token_policy
 
@@ -233,3 +235,10 @@ def test_empty_batch_names_the_fix():
     trainer.collector.shutdown()
     with pytest.raises(ValueError, match="dynamic_sampling=false"):
         signal_audit(trainer, batch[:0], seed=0)
+
+
+def test_audit_refuses_a_control_run_config():
+    # its "real" update would train on random signs too, and the audit would compare two nulls
+    with pytest.raises(ValueError, match="null_advantages=false"):
+        make_audit_trainer(RIPTConfig(null_advantages=True), bundle=None, env_fn=None, make_env=None,
+                           train_contexts=None, collector_options=None)

@@ -101,3 +101,34 @@ def test_target_kl_stops_the_epochs_of_a_step(target_kl, epochs):
     with pytest.raises(ValueError, match="target_kl must be > 0"):
         RIPTTrainer(collector=collector, loss=RIPTClipPPOLoss(actor), optimizer=make_optimizer(actor, lr=1e-2),
                     num_steps=1, ppo_epochs=1, minibatch_size=4, target_kl=0.0)
+
+
+class _RecordingLoss(RIPTClipPPOLoss):
+    """Records the advantages each gradient step trained on."""
+
+    def forward(self, tensordict):
+        self.seen.append(tensordict.get(self.tensor_keys.advantage).clone())
+        return super().forward(tensordict)
+
+
+@pytest.mark.parametrize("null", [False, True])
+def test_null_advantages_train_on_random_signs_of_the_real_magnitudes(null):
+    torch.manual_seed(0)
+    actor, _ = laplace_actor(init_scale=0.3)
+    contexts = ContextDataset(torch.rand(32, 2) - 0.5, [0] * 32, ["track"], seed=0)
+    collector = GroupCollector(SerialEnv(4, make_env), actor, context_dataset=contexts, group_size=4,
+                               trajs_per_batch=16, max_frames_per_traj=4, seed=0)
+    loss = _RecordingLoss(actor, ratio="step")
+    loss.seen = []
+    trainer = RIPTTrainer(collector=collector, loss=loss, optimizer=make_optimizer(actor, lr=1e-2),
+                          num_steps=1, ppo_epochs=1, minibatch_size=16, null_advantages=null,
+                          progress=False, seed=0)
+    batch = next(iter(collector))
+    collector.shutdown()
+    real = batch.get("advantage").clone()
+    trainer.update(batch)
+    (seen,) = loss.seen  # one epoch, one minibatch of all 16 rows (in shuffled order)
+    torch.testing.assert_close(batch.get("advantage"), real)  # the collector's batch is left as it was
+    assert torch.equal(seen.abs().sort(0).values, real.abs().sort(0).values)
+    # the same multiset of signed values for the real run; signs redrawn for the control
+    assert torch.equal(seen.sort(0).values, real.sort(0).values) != null

@@ -37,6 +37,7 @@ from torchrl_ript.config import RIPTConfig
 from torchrl_ript.objectives.ppo import RIPTClipPPOLoss
 from torchrl_ript.trainers.factory import make_policy_trainer
 from torchrl_ript.trainers.ript import RIPTTrainer
+from torchrl_ript.transforms.group_advantage import random_sign_advantages
 
 __all__ = [
     "clip_band",
@@ -45,7 +46,6 @@ __all__ = [
     "scale_statistics",
     "DecisionLogProbs",
     "decision_log_probs",
-    "random_sign_advantages",
     "make_audit_trainer",
     "collect_one_batch",
     "audit_update",
@@ -252,20 +252,6 @@ def decision_log_probs(
     )
 
 
-def random_sign_advantages(advantage: torch.Tensor, *, seed: int) -> torch.Tensor:
-    """The null advantages: the same magnitudes, a random sign per trajectory (seeded).
-
-    Examples:
-        >>> a = torch.tensor([[0.5], [-0.5], [1.0], [-1.0]])
-        >>> null = random_sign_advantages(a, seed=0)
-        >>> torch.equal(null.abs(), a.abs()), null.shape, torch.equal(null, random_sign_advantages(a, seed=0))
-        (True, torch.Size([4, 1]), True)
-    """
-    generator = torch.Generator().manual_seed(int(seed))
-    signs = torch.randint(0, 2, (advantage.shape[0],), generator=generator).to(advantage.dtype) * 2 - 1
-    return advantage.abs() * signs.to(advantage.device).reshape(-1, *([1] * (advantage.ndim - 1)))
-
-
 def make_audit_trainer(
     config: RIPTConfig,
     *,
@@ -280,6 +266,9 @@ def make_audit_trainer(
     :func:`~torchrl_ript.trainers.factory.make_policy_trainer`: the configured
     collector, B, K, dynamic sampling, loss, optimizer, lr, epochs, minibatch,
     clip), without logger, checkpoints or evaluation."""
+    if config.null_advantages:  # the audit runs the null update itself, beside the real one
+        raise ValueError("signal audit: ript.null_advantages=true would randomise the real update too; "
+                         "audit with ript.null_advantages=false (the audit's null is that control's update).")
     return make_policy_trainer(config, bundle=bundle, env_fn=env_fn, make_env=make_env,
                                train_contexts=train_contexts, collector_options=collector_options, progress=False)
 

@@ -204,6 +204,7 @@ def make_ript_trainer(
         minibatch_size=config.minibatch_size,
         max_grad_norm=config.max_grad_norm,
         target_kl=config.target_kl,
+        null_advantages=config.null_advantages,
         scheduler=scheduler,
         evaluate=evaluate,
         eval_every=config.eval_every,

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from torchrl_ript.collectors.group import GroupCollector
 from torchrl_ript.models.checkpoint import CheckpointError
 from torchrl_ript.objectives.ppo import RIPTClipPPOLoss
+from torchrl_ript.transforms.group_advantage import random_sign_advantages
 
 __all__ = ["RIPTTrainer", "CheckpointError"]
 
@@ -66,6 +67,13 @@ class RIPTTrainer:
             the collecting policy, measured before each gradient step) passes
             it; ``train/epochs`` logs the epochs run. Defaults to ``None``
             (always ``ppo_epochs``).
+        null_advantages (bool): a control run: every batch's advantages get
+            random signs per trajectory, same magnitudes (the signal audit's
+            null, :func:`~torchrl_ript.transforms.random_sign_advantages`), so
+            the update keeps its size but loses its relation to the reward.
+            Held-out success of such a run, against the same SFT policy and a
+            real run, shows how far the recipe's steps move the policy on noise
+            alone. Defaults to ``False``.
         scheduler: optional LR scheduler, stepped once per RIPT step.
         evaluate (callable, optional): ``evaluate() -> dict`` with at least
             ``"success_rate"``; called before training and every ``eval_every``
@@ -134,6 +142,7 @@ class RIPTTrainer:
         minibatch_size: int,
         max_grad_norm: float | None = 1.0,
         target_kl: float | None = None,
+        null_advantages: bool = False,
         scheduler=None,
         evaluate: Callable[[], dict] | None = None,
         eval_every: int = 1,
@@ -161,6 +170,8 @@ class RIPTTrainer:
         if target_kl is not None and not target_kl > 0:
             raise ValueError(f"target_kl must be > 0 or None, got {target_kl}.")
         self.target_kl = target_kl
+        self.null_advantages = bool(null_advantages)
+        self._null_seed = 0 if seed is None else int(seed)
         self.scheduler = scheduler
         self.evaluate_fn = evaluate
         self.eval_every = int(eval_every)
@@ -284,6 +295,10 @@ class RIPTTrainer:
                     f"{detail}; nothing to learn from: no update, the schedule does not advance."
                 )
             return {"train/skipped": 1, "train/batch": 0}
+        if self.null_advantages:  # a fresh draw per step (and rank): the signs never line up with rewards
+            key = self.loss.tensor_keys.advantage
+            seed = self._null_seed * 1_000_003 + self.step * 1009 + (0 if sync is None else sync.rank)
+            batch = batch.clone(False).set(key, random_sign_advantages(batch.get(key), seed=seed))
         local_minibatch = self.minibatch_size // (1 if sync is None else sync.world_size)
         steps = max(-(-r // local_minibatch) for r in rows)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]

@@ -29,7 +29,7 @@ from torchrl.envs.transforms import Transform
 
 from torchrl_ript.config import check_group_sizes
 
-__all__ = ["RLOOAdvantage", "ZeroAdvantageFilter"]
+__all__ = ["RLOOAdvantage", "ZeroAdvantageFilter", "random_sign_advantages"]
 
 
 class _GroupQueue:
@@ -281,3 +281,21 @@ def _split_groups(tensordict: TensorDictBase, group_key: NestedKey) -> list[Tens
     """The rows of each group, groups in order of first appearance (the write order)."""
     ids = tensordict.get(group_key).reshape(tensordict.shape[0], -1)[:, 0]
     return [tensordict[ids == group] for group in dict.fromkeys(ids.tolist())]
+
+
+def random_sign_advantages(advantage: torch.Tensor, *, seed: int) -> torch.Tensor:
+    """The null advantages: the same magnitudes, a random sign per trajectory (seeded).
+
+    What the signal audit's null update and a control run (``RIPTTrainer(null_advantages=True)``)
+    train on: the update's size without its relation to the reward.
+
+    Examples:
+        >>> import torch
+        >>> a = torch.tensor([[0.5], [-0.5], [1.0], [-1.0]])
+        >>> null = random_sign_advantages(a, seed=0)
+        >>> torch.equal(null.abs(), a.abs()), null.shape, torch.equal(null, random_sign_advantages(a, seed=0))
+        (True, torch.Size([4, 1]), True)
+    """
+    generator = torch.Generator().manual_seed(int(seed))
+    signs = torch.randint(0, 2, (advantage.shape[0],), generator=generator).to(advantage.dtype) * 2 - 1
+    return advantage.abs() * signs.to(advantage.device).reshape(-1, *([1] * (advantage.ndim - 1)))
