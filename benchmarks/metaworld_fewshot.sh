@@ -36,7 +36,7 @@ SFT5=(demos.dir="$OUT/sft5/demos" policy.checkpoint="$OUT/sft5/sft_policy.pt")
 # 4. 1-demo rescue: SFT on one demo of reach-v3, then RIPT (B=16: two groups per iteration)
 "${RUN[@]}" hydra.run.dir="$OUT/sft1_reach" tasks='[reach-v3]' demos.per_task=1 stages.ript=false
 "${RUN[@]}" hydra.run.dir="$OUT/rescue_reach" tasks='[reach-v3]' demos.dir="$OUT/sft1_reach/demos" \
-    policy.checkpoint="$OUT/sft1_reach/sft_policy.pt" "${RIPT[@]}" ript.batch_size=16 ript.lr=1e-5 \
+    policy.checkpoint="$OUT/sft1_reach/sft_policy.pt" "${RIPT[@]}" ript.trajs_per_batch=16 ript.lr=1e-5 \
     eval.during_training_per_task=20
 
 tail -n 1 -q "$OUT"/*/result.json

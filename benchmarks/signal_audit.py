@@ -131,7 +131,8 @@ def table(result: dict) -> str:
                if result["null_in_band"] else
                f"the null update leaves the clip band for more than {NULL_BAND_LIMIT:.0%} of the decisions: one batch "
                "moves the policy far on random signs too (lower ript.lr or ript.ppo_epochs to keep it in band); "
-               "whether the run still learns, only its held-out gain with a paired test says")
+               "whether the run still learns, only its held-out gain with a paired test says, best against a "
+               "control run on these random signs (ript.null_advantages=true) from the same SFT policy")
     lines += ["", f"{result['n_trajectories']} trajectories, {result['n_decisions']} decisions, clip "
               f"{result['clip_epsilon']}, lr {result['lr']}, {result['real']['gradient_steps']} gradient steps; "
               f"same start for both runs: {result['same_start']}", f"verdict: {verdict}"]
