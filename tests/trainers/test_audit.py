@@ -11,7 +11,6 @@ import torch
 from torchrl.envs import SerialEnv
 
 from torchrl_ript import ContextDataset, ContextToyVLAEnv, GroupCollector
-from torchrl_ript.config import RIPTConfig
 from torchrl_ript.objectives import RIPTClipPPOLoss
 from torchrl_ript.trainers import RIPTTrainer, make_optimizer
 from torchrl_ript.trainers.audit import (
@@ -19,7 +18,6 @@ from torchrl_ript.trainers.audit import (
     collect_one_batch,
     decision_log_probs,
     log_ratio_variance_shares,
-    make_audit_trainer,
     ratio_statistics,
     scale_statistics,
     signal_audit,
@@ -112,7 +110,7 @@ def make_env():
     return ContextToyVLAEnv(action_dim=2, max_steps=4, success_tol=0.15)
 
 
-def toy_trainer(kind="laplace", *, lr=3e-2, ratio="step", epochs=2):
+def toy_trainer(kind="laplace", *, lr=3e-2, ratio="step", epochs=2, null_advantages=False):
     torch.manual_seed(0)
     if kind == "laplace":
         actor, _ = laplace_actor(init_scale=0.3)
@@ -127,7 +125,8 @@ def toy_trainer(kind="laplace", *, lr=3e-2, ratio="step", epochs=2):
     loss = RIPTClipPPOLoss(actor, clip_epsilon=0.2, ratio=ratio)
     loss.set_keys(action=sampled)
     return RIPTTrainer(collector=collector, loss=loss, optimizer=make_optimizer(actor, lr=lr), num_steps=1,
-                       ppo_epochs=epochs, minibatch_size=4, progress=False, seed=0), actor
+                       ppo_epochs=epochs, minibatch_size=4, null_advantages=null_advantages, progress=False,
+                       seed=0), actor
 
 
 @pytest.fixture(scope="module")
@@ -237,8 +236,10 @@ def test_empty_batch_names_the_fix():
         signal_audit(trainer, batch[:0], seed=0)
 
 
-def test_audit_refuses_a_control_run_config():
+def test_audit_refuses_a_control_run_trainer():
     # its "real" update would train on random signs too, and the audit would compare two nulls
+    trainer, _ = toy_trainer(null_advantages=True)
+    batch, _ = collect_one_batch(trainer)
+    trainer.collector.shutdown()
     with pytest.raises(ValueError, match="null_advantages=false"):
-        make_audit_trainer(RIPTConfig(null_advantages=True), bundle=None, env_fn=None, make_env=None,
-                           train_contexts=None, collector_options=None)
+        signal_audit(trainer, batch, seed=0)

@@ -266,9 +266,6 @@ def make_audit_trainer(
     :func:`~torchrl_ript.trainers.factory.make_policy_trainer`: the configured
     collector, B, K, dynamic sampling, loss, optimizer, lr, epochs, minibatch,
     clip), without logger, checkpoints or evaluation."""
-    if config.null_advantages:  # the audit runs the null update itself, beside the real one
-        raise ValueError("signal audit: ript.null_advantages=true would randomise the real update too; "
-                         "audit with ript.null_advantages=false (the audit's null is that control's update).")
     return make_policy_trainer(config, bundle=bundle, env_fn=env_fn, make_env=make_env,
                                train_contexts=train_contexts, collector_options=collector_options, progress=False)
 
@@ -371,6 +368,9 @@ def signal_audit(trainer: RIPTTrainer, batch: TensorDictBase, *, seed: int = 0) 
         True
         >>> collector.shutdown()
     """
+    if trainer.null_advantages:  # the audit runs the null update itself, beside the real one
+        raise ValueError("signal audit: ript.null_advantages=true would randomise the real update too; "
+                         "audit with ript.null_advantages=false (the audit's null is that control's update).")
     advantage = batch.get(trainer.loss.tensor_keys.advantage)
     if batch.shape[0] == 0:
         raise ValueError(
