@@ -123,10 +123,11 @@ def pretrain_stage(cfg, out: Path, build) -> tuple:
 
 def prepare(cfg, out: Path, distributed=None) -> SimpleNamespace:
     """Everything before the evaluations and RIPT: seed, [pretrain ->] demos -> SFT (or
-    ``policy.checkpoint``), the RIPT config and the env factory.
+    ``policy.checkpoint``), the RIPT config, the env factory and the held-out starts.
 
-    ``main`` and ``benchmarks/signal_audit.py`` both start here, so the audit
-    runs on exactly the policy, config and envs this example builds.
+    ``main``, ``benchmarks/signal_audit.py`` and ``benchmarks/per_start_success.py``
+    all start here, so they run on exactly the policy, config, envs and starts this
+    example builds.
     """
     main_rank = distributed is None or distributed.is_main
     torch.manual_seed(cfg.ript.seed)
@@ -152,7 +153,7 @@ def prepare(cfg, out: Path, distributed=None) -> SimpleNamespace:
                      image_size=cfg.env.image_size, max_steps=cfg.env.max_steps,
                      action_chunk=bundle.n_exec, render_quality="fast")
     return SimpleNamespace(bundle=bundle, config=config, env_fn=env_fn, paths=paths,
-                           pretrain_info=pretrain_info, sft_info=sft_info)
+                           held_out=held_out_contexts(cfg, paths), pretrain_info=pretrain_info, sft_info=sft_info)
 
 
 def ript_inputs(cfg, prep: SimpleNamespace) -> dict:
@@ -173,7 +174,7 @@ def main(cfg: DictConfig) -> None:
     prep = prepare(cfg, out, distributed)
     bundle, config, env_fn = prep.bundle, prep.config, prep.env_fn
     eval_env = as_env_pool(make_batched_env(env_fn, cfg.env.num_envs))  # one pool for every evaluation
-    held_out = held_out_contexts(cfg, prep.paths)
+    held_out = prep.held_out
     evaluate = partial(evaluate_stage, eval_env, bundle, held_out, horizon=config.max_decisions, modes=modes,
                        videos=cfg.eval.videos, out=out, lockstep=config.lockstep, seed=cfg.eval.seed,
                        progress=cfg.progress)

@@ -8,7 +8,7 @@ from torchrl_ript.trainers.evaluate import (
 )
 from torchrl_ript.trainers.optim import make_optimizer, make_param_groups, make_scheduler
 from torchrl_ript.trainers.ript import CheckpointError, RIPTTrainer
-from torchrl_ript.trainers.stats import paired_success_test
+from torchrl_ript.trainers.stats import paired_count_test, paired_success_test, per_start_success
 
 # last: the audit builds on the factory, which imports the modules above
 from torchrl_ript.trainers.audit import (
@@ -30,6 +30,8 @@ __all__ = [
     "CheckpointError",
     "RIPTTrainer",
     "paired_success_test",
+    "paired_count_test",
+    "per_start_success",
     "log_ratio_variance_shares",
     "ratio_statistics",
     "scale_statistics",
