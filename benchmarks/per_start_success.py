@@ -39,16 +39,15 @@ config name and overrides, wall time and load average.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/, also when a test imports this file
 
-from signal_audit import example_for, load_example  # noqa: E402  (the same config -> example mapping)
+from example_config import example_for, load_example, run_on_example_config  # noqa: E402
 
 USAGE = ("python benchmarks/per_start_success.py [--rollouts N] [--against POLICY_FILE ...] --config-name NAME "
          "[overrides]")
@@ -170,31 +169,6 @@ def run(cfg, *, args: argparse.Namespace, config_name: str, overrides: list[str]
     }
 
 
-def main(args: argparse.Namespace) -> None:
-    import hydra
-    from hydra.core.hydra_config import HydraConfig
-
-    @hydra.main(config_path="../examples/configs", config_name="ript_metaworld", version_base=None)
-    def per_start(cfg) -> None:
-        hydra_cfg = HydraConfig.get()
-        out = Path(hydra_cfg.runtime.output_dir)
-        result = run(cfg, args=args, config_name=hydra_cfg.job.config_name,
-                     overrides=list(hydra_cfg.overrides.task), out=out)
-        print(table(result), flush=True)
-        text = json.dumps(result, default=float)
-        (out / "per_start_success.json").write_text(text + "\n")
-        print(text, flush=True)
-
-    per_start()
-
-
 if __name__ == "__main__":
-    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
-        print(__doc__)
-        print("Hydra's own options: --hydra-help; the config's fields: --cfg job --config-name <name>.")
-        sys.exit(0)
     own, hydra_args = parse_own_args(sys.argv[1:])
-    if not any(arg.startswith("hydra.run.dir=") for arg in hydra_args):
-        hydra_args.append("hydra.run.dir=outputs/per_start_success/${hydra:job.config_name}/${now:%Y-%m-%d_%H-%M-%S}")
-    sys.argv = [sys.argv[0], *hydra_args]
-    main(own)
+    run_on_example_config("per_start_success", __doc__, partial(run, args=own), table, hydra_args)

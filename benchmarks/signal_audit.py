@@ -43,40 +43,17 @@ How to read the numbers: ``benchmarks/README.md``, "Signal audit".
 """
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/, also when a test imports this file
+
+from example_config import example_for, load_example, run_on_example_config  # noqa: E402
+
 # the share of decisions a random-sign update may push out of the clip band (benchmarks/README.md, "Signal audit")
 NULL_BAND_LIMIT = 0.10
-
-
-def example_for(config_name: str | None, cfg) -> str:
-    """Which example a config belongs to: ``"libero"`` (a ``suite``) or ``"metaworld"``
-    (``tasks`` with a ``pretrain`` section)."""
-    if "suite" in cfg and "task_ids" in cfg:
-        return "libero"
-    if "tasks" in cfg and "pretrain" in cfg:
-        return "metaworld"
-    raise SystemExit(
-        f"signal_audit: config {config_name!r} is neither a MetaWorld nor a LIBERO example config: pass "
-        "--config-name ript_metaworld[_fewshot|_transfer] or ript_libero[_smoke|_paper|_oft] (the toy "
-        "example builds its own trainer: audit it with torchrl_ript.trainers.signal_audit directly)."
-    )
-
-
-def load_example(name: str):
-    """Import ``examples/ript_<name>.py`` as a module (its import sets up rendering / LIBERO)."""
-    path = EXAMPLES / f"ript_{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_ript_{name}_example", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -220,29 +197,5 @@ def run_audit(cfg, *, config_name: str, overrides: list[str], out: Path) -> dict
     return line
 
 
-def main() -> None:
-    import hydra
-    from hydra.core.hydra_config import HydraConfig
-
-    @hydra.main(config_path="../examples/configs", config_name="ript_metaworld", version_base=None)
-    def audit(cfg) -> None:
-        hydra_cfg = HydraConfig.get()
-        out = Path(hydra_cfg.runtime.output_dir)
-        result = run_audit(cfg, config_name=hydra_cfg.job.config_name,
-                           overrides=list(hydra_cfg.overrides.task), out=out)
-        print(table(result), flush=True)
-        text = json.dumps(result, default=float)
-        (out / "signal_audit.json").write_text(text + "\n")
-        print(text, flush=True)
-
-    audit()
-
-
 if __name__ == "__main__":
-    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
-        print(__doc__)
-        print("Hydra's own options: --hydra-help; the config's fields: --cfg job --config-name <name>.")
-        sys.exit(0)
-    if not any(arg.startswith("hydra.run.dir=") for arg in sys.argv[1:]):
-        sys.argv.append("hydra.run.dir=outputs/signal_audit/${hydra:job.config_name}/${now:%Y-%m-%d_%H-%M-%S}")
-    main()
+    run_on_example_config("signal_audit", __doc__, run_audit, table, sys.argv[1:])
