@@ -1,7 +1,6 @@
 """``benchmarks/compare_runs.py``: paired comparison of two variants over seeds."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,11 +10,8 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_runs.py"
 
 
 @pytest.fixture(scope="module")
-def compare():
-    spec = importlib.util.spec_from_file_location("compare_runs_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+def compare(load_benchmark):
+    return load_benchmark("compare_runs").main
 
 
 def write_result(path: Path, seed: int, sft: list[int], ript: list[int]) -> str:

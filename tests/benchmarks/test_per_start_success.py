@@ -1,7 +1,6 @@
 """``benchmarks/per_start_success.py``: several sampled rollouts per held-out start, counted start by start."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -20,16 +19,13 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "per_start_success.py"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("per_start_success_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def script(load_benchmark):
+    return load_benchmark("per_start_success")
 
 
-def test_rollouts_are_counted_per_start_and_task():
+def test_rollouts_are_counted_per_start_and_task(script):
     """Toy env, a Laplace policy that solves some starts sometimes: counts per start, start-major, reproducible."""
-    script = load_script()
     torch.manual_seed(0)
     actor, _ = toy_laplace_actor()
     states = torch.tensor([[0.0, 0.0], [0.3, -0.2], [-0.4, 0.4], [0.1, 0.1], [0.45, 0.45]])
@@ -56,8 +52,7 @@ def test_rollouts_are_counted_per_start_and_task():
     assert "against1 vs policy" in text and "0 starts up, 0 down" in text and "p = 1" in text
 
 
-def test_own_options_are_checked(tmp_path):
-    script = load_script()
+def test_own_options_are_checked(script, tmp_path):
     args, rest = script.parse_own_args(["--rollouts", "4", "--config-name", "ript_metaworld", "ript.seed=1"])
     assert args.rollouts == 4 and args.against == [] and rest == ["--config-name", "ript_metaworld", "ript.seed=1"]
     with pytest.raises(SystemExit, match="--rollouts must be >= 1"):

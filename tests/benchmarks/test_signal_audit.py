@@ -21,19 +21,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "signal_audit.py"
 
 
-def load_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("signal_audit_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "examples" / "configs").glob("*.yaml")))
-def test_every_example_config_maps_to_its_example(name, compose_example_config):
+def test_every_example_config_maps_to_its_example(name, compose_example_config, load_benchmark):
     """``--config-name`` picks the example: every ript_libero* / ript_metaworld* config, and a clear refusal else."""
-    script = load_script()
+    script = load_benchmark("example_config")
     cfg = compose_example_config(name)
     if name.startswith(("ript_libero", "ript_metaworld")):
         example = script.example_for(name, cfg)
