@@ -1,4 +1,5 @@
-"""Shared test set-up: headless GL and quiet, deterministic torch."""
+"""Shared test set-up: headless GL, quiet and deterministic torch, example configs and benchmark scripts."""
+import importlib.util
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 EXAMPLE_CONFIGS = Path(__file__).parents[1] / "examples" / "configs"
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
 
 @pytest.fixture
@@ -23,6 +25,19 @@ def compose_example_config():
             return compose(config_name=name, overrides=list(overrides))
 
     return _compose
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load(name)``: ``benchmarks/<name>.py`` imported as a module (its ``__main__`` block does not run)."""
+
+    def _load(name: str):
+        spec = importlib.util.spec_from_file_location(f"{name}_script", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return _load
 
 
 @pytest.fixture(autouse=True)
