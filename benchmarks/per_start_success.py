@@ -70,21 +70,14 @@ def parse_own_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, rest
 
 
-def repeated(contexts, rollouts: int):
-    """``contexts`` with each start ``rollouts`` times in a row (start-major order)."""
-    import torch
-
-    return contexts.subset(torch.arange(len(contexts)).repeat_interleave(rollouts))
-
-
 def score(env, policy, contexts, *, rollouts: int, horizon: int, lockstep: bool, seed: int, progress: bool) -> dict:
     """Per-start success of ``policy``'s sampling distribution, overall and per task."""
     from torchrl.envs.utils import ExplorationType
 
-    from torchrl_ript.trainers.evaluate import evaluate_success
+    from torchrl_ript.trainers.evaluate import evaluate_success, repeat_starts
     from torchrl_ript.trainers.stats import per_start_success
 
-    result = evaluate_success(env, policy, repeated(contexts, rollouts), horizon=horizon,
+    result = evaluate_success(env, policy, repeat_starts(contexts, rollouts), horizon=horizon,
                               exploration_type=ExplorationType.RANDOM, lockstep=lockstep, seed=seed,
                               progress=progress)
     overall = per_start_success(result["outcomes"], rollouts)

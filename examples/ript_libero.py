@@ -198,7 +198,8 @@ def main(cfg: DictConfig) -> None:
     def evaluate(tag, baseline=None):
         return evaluate_stage(env, bundle, held_out, tag=tag, horizon=config.max_decisions, modes=modes,
                               videos=cfg.eval.videos, out=out, baseline=baseline, lockstep=config.lockstep,
-                              seed=cfg.eval.seed, progress=cfg.progress)
+                              seed=cfg.eval.seed, rollouts_per_start=cfg.eval.rollouts_per_start,
+                              progress=cfg.progress)
 
     eval_start = time.perf_counter()
     before = evaluate("before")

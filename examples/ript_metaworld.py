@@ -177,7 +177,7 @@ def main(cfg: DictConfig) -> None:
     held_out = prep.held_out
     evaluate = partial(evaluate_stage, eval_env, bundle, held_out, horizon=config.max_decisions, modes=modes,
                        videos=cfg.eval.videos, out=out, lockstep=config.lockstep, seed=cfg.eval.seed,
-                       progress=cfg.progress)
+                       rollouts_per_start=cfg.eval.rollouts_per_start, progress=cfg.progress)
 
     # a rerun from the same checkpoint may skip the SFT evaluation
     sft_eval = evaluate(tag="sft") if cfg.stages.eval_sft else None

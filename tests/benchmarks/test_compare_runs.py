@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from torchrl_ript.trainers import paired_count_test
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_runs.py"
 
 
@@ -52,3 +54,35 @@ def test_refuses_mismatched_inputs(tmp_path, compare):
         compare(["--baseline", a, a, "--candidate", a])
     with pytest.raises(SystemExit, match="--mode"):
         compare(["--baseline", a, "--candidate", a, "--mode", "deterministic"])
+
+
+def write_counts(path: Path, seed: int, sft: list[int], ript: list[int], rollouts: int) -> str:
+    """A result scored with ``eval.rollouts_per_start=rollouts`` (per-start success counts)."""
+    def score(counts):
+        outcomes = [r < c for c in counts for r in range(rollouts)]
+        return {"outcomes": outcomes, "counts": counts, "rollouts_per_start": rollouts}
+
+    path.write_text(json.dumps({"config": {"ript": {"seed": seed}}, "sr_sft_by_mode": {"random": score(sft)},
+                                "sr_ript_by_mode": {"random": score(ript)}}))
+    return str(path)
+
+
+def test_several_rollouts_per_start_are_compared_on_counts(tmp_path, compare, capsys):
+    sft = [0, 1, 2, 4]
+    b0 = write_counts(tmp_path / "b0.json", 0, sft, [0, 2, 2, 4], rollouts=4)
+    c0 = write_counts(tmp_path / "c0.json", 0, sft, [2, 3, 2, 3], rollouts=4)
+    b1 = write_counts(tmp_path / "b1.json", 1, sft, [1, 1, 2, 4], rollouts=4)
+    c1 = write_counts(tmp_path / "c1.json", 1, sft, [1, 4, 3, 4], rollouts=4)
+    summary = compare(["--baseline", b0, b1, "--candidate", c0, c1])
+    assert "4 rollouts per start" in capsys.readouterr().out
+    rows = {r["seed"]: r for r in summary["rows"]}
+    assert rows["0"]["candidate_vs_sft"] == paired_count_test(sft, [2, 3, 2, 3], rollouts=4)
+    pooled = rows["pooled"]
+    assert (pooled["n"], pooled["rollouts_per_start"]) == (8, 4)
+    assert pooled["candidate_vs_baseline"] == paired_count_test([0, 2, 2, 4, 1, 1, 2, 4], [2, 3, 2, 3, 1, 4, 3, 4],
+                                                                rollouts=4)
+    one = write_result(tmp_path / "one.json", 1, [0, 1, 1, 1], [1, 1, 1, 1])
+    with pytest.raises(SystemExit, match="eval.rollouts_per_start"):
+        compare(["--baseline", b0, "--candidate", one])
+    with pytest.raises(SystemExit, match="same eval.rollouts_per_start"):
+        compare(["--baseline", b0, one, "--candidate", c0, one])

@@ -13,7 +13,7 @@ from torchrl.envs import SerialEnv
 
 from torchrl_ript import ContextDataset, ContextToyVLAEnv
 from torchrl_ript.modules.toy_policies import toy_laplace_actor
-from torchrl_ript.trainers import paired_count_test
+from torchrl_ript.trainers import paired_count_test, repeat_starts
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "per_start_success.py"
@@ -30,7 +30,7 @@ def test_rollouts_are_counted_per_start_and_task(script):
     actor, _ = toy_laplace_actor()
     states = torch.tensor([[0.0, 0.0], [0.3, -0.2], [-0.4, 0.4], [0.1, 0.1], [0.45, 0.45]])
     contexts = ContextDataset(states, [0, 0, 1, 1, 1], ["a", "b"])
-    rep = script.repeated(contexts, 3)
+    rep = repeat_starts(contexts, 3)
     assert len(rep) == 15 and rep.task_ids.tolist() == [0] * 6 + [1] * 9
     assert torch.equal(rep.states[3:6], states[1].expand(3, 2))
     env = SerialEnv(2, lambda: ContextToyVLAEnv(action_dim=2, task_names=["a", "b"]))

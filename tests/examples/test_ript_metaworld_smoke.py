@@ -41,22 +41,27 @@ def run_example(tmp_path, config, *overrides):
 
 
 def check_result_agrees_with_logs(tmp_path, result, *, tasks, per_task, batch, group):
-    from torchrl_ript.trainers.stats import paired_success_test
+    from torchrl_ript.trainers.pipeline import paired_mode_test
 
     for key in ("tasks", "sr_sft", "sr_ript", "iterations", "env_steps", "wall_s", "n_eval", "p_value"):
         assert key in result, key
     assert result["tasks"] == tasks and result["iterations"] == 1
-    # n_eval: one rollout per held-out context, and the SRs are the means of those outcomes
+    # n_eval: the held-out contexts, each rolled out rollouts_per_start times (the mode once); the SRs are
+    # the means of those outcomes, the counts their sums per start
     assert result["n_eval"] == per_task * len(tasks)
     for stage in ("sft", "ript"):
         for mode, scores in result[f"sr_{stage}_by_mode"].items():
-            assert scores["n"] == len(scores["outcomes"]) == result["n_eval"], (stage, mode)
+            rollouts = scores["rollouts_per_start"]
+            assert rollouts == (1 if mode == "deterministic" else result["config"]["eval"]["rollouts_per_start"])
+            assert scores["starts"] == result["n_eval"], (stage, mode)
+            assert scores["n"] == len(scores["outcomes"]) == result["n_eval"] * rollouts, (stage, mode)
+            assert scores["counts"] == [sum(scores["outcomes"][i:i + rollouts])
+                                        for i in range(0, scores["n"], rollouts)]
             assert scores["sr"] == pytest.approx(np.mean(scores["outcomes"]))
     headline = result["eval_modes"][0]
     assert result["sr_sft"] == result["sr_sft_by_mode"][headline]["sr"]
     assert result["sr_ript"] == result["sr_ript_by_mode"][headline]["sr"]
-    expected = paired_success_test(result["sr_sft_by_mode"][headline]["outcomes"],
-                                   result["sr_ript_by_mode"][headline]["outcomes"])
+    expected = paired_mode_test(result["sr_sft_by_mode"][headline], result["sr_ript_by_mode"][headline])
     assert result["p_value"] == pytest.approx(expected["p_value"])
     # the collection statistics add up and match the trainer's history
     history = json.loads((tmp_path / "checkpoints" / "history.json").read_text())["train"]
@@ -98,7 +103,7 @@ EXTRA = {"quest": ["+policy.overrides.n_exec=8", "policy.sampling.top_k=3", "eva
 def test_metaworld_fewshot_pipeline_smoke(tmp_path, kind):
     result = run_example(
         tmp_path, "ript_metaworld_fewshot", "tasks=[reach-v3]", "demos.per_task=1",
-        "env.max_steps=40", f"policy.kind={kind}", "eval.per_task=2", *EXTRA[kind],
+        "env.max_steps=40", f"policy.kind={kind}", "eval.per_task=2", "eval.rollouts_per_start=2", *EXTRA[kind],
     )
     check_result_agrees_with_logs(tmp_path, result, tasks=["reach-v3"], per_task=2, batch=4, group=2)
     assert result["pretrain_tasks"] == [] and result["pretrain_s"] == 0.0
@@ -107,6 +112,9 @@ def test_metaworld_fewshot_pipeline_smoke(tmp_path, kind):
     if kind == "quest":
         assert result["eval_modes"] == ["random", "deterministic"]
         assert set(result["p_value_by_mode"]) == {"random", "deterministic"}
+        # 2 sampled rollouts per start: the count test for the sampling policy, McNemar for the mode
+        assert "starts_up" in result["p_value_by_mode"]["random"]
+        assert "gained" in result["p_value_by_mode"]["deterministic"]
         from torchrl_ript.models.checkpoint import load_policy
 
         assert load_policy(tmp_path / "ript_policy.pt").config.top_k == 3  # saved with the weights

@@ -3,6 +3,7 @@ import pytest
 import torch
 from tensordict.nn import TensorDictModule
 from torchrl.envs import SerialEnv
+from torchrl.envs.utils import ExplorationType, exploration_type
 
 from torchrl_ript import ContextDataset, ContextToyVLAEnv
 from torchrl_ript.models.checkpoint import load_policy, save_policy
@@ -54,8 +55,6 @@ def test_evaluate_modes_scores_the_mode_and_the_sampling_policy():
     # action = mean + large noise when sampling: the mode always tracks, sampling mostly fails
     class Noisy(torch.nn.Module):
         def forward(self, state):
-            from torchrl.envs.utils import ExplorationType, exploration_type
-
             mean = state[..., 2:4]
             return mean if exploration_type() == ExplorationType.DETERMINISTIC else mean + 5 * torch.randn_like(mean)
 
@@ -91,3 +90,32 @@ def test_seeded_evaluation_does_not_depend_on_the_callers_random_state():
     (first, restored), (second, _) = outcomes(1, 7), outcomes(2, 7)
     assert first == second
     assert restored  # the caller's random stream is left where it was
+
+
+def test_several_rollouts_per_start_for_the_sampling_mode_only():
+    """``rollouts_per_start``: R sampled rollouts per start (counts start by start), the mode once per start."""
+    class Noisy(torch.nn.Module):
+        def forward(self, state):
+            mean = state[..., 2:4]
+            return mean if exploration_type() == ExplorationType.DETERMINISTIC else mean + 0.3 * torch.randn_like(mean)
+
+    policy = TensorDictModule(Noisy(), in_keys=[("observation", "state")], out_keys=["action"])
+    states = torch.rand(6, 2, generator=torch.Generator().manual_seed(0)) - 0.5
+    contexts = ContextDataset(states, [0, 0, 0, 1, 1, 1], ["a", "b"])
+    env = SerialEnv(2, lambda: ContextToyVLAEnv(action_dim=2, task_names=["a", "b"]))
+    kwargs = dict(horizon=4, modes=["random", "deterministic"], lockstep=True, seed=3, progress=False)
+    out = evaluate_modes(env, policy, contexts, rollouts_per_start=4, **kwargs)
+    sampled, mode = out["by_mode"]["random"], out["by_mode"]["deterministic"]
+    assert (sampled["starts"], sampled["rollouts_per_start"], sampled["n"]) == (6, 4, 24)
+    assert (mode["starts"], mode["rollouts_per_start"], mode["n"]) == (6, 1, 6)
+    assert mode["counts"] == [int(o) for o in mode["outcomes"]] == [1] * 6
+    counts = [sum(sampled["outcomes"][4 * i:4 * i + 4]) for i in range(6)]
+    assert sampled["counts"] == counts and sampled["sr"] == pytest.approx(sum(counts) / 24)
+    assert any(0 < c < 4 for c in counts)  # a start's rollouts draw their own samples
+    assert sampled["per_task"]["a"] == pytest.approx(sum(counts[:3]) / 12)
+    assert out["success_rate"] == sampled["sr"] and out["num_rollouts"] == 24
+    again = evaluate_modes(env, policy, contexts, rollouts_per_start=4, **kwargs)["by_mode"]["random"]
+    assert again["counts"] == counts  # seeded, lockstep: the same draws
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="eval.rollouts_per_start"):
+            evaluate_modes(env, policy, contexts, rollouts_per_start=bad, **kwargs)

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from torchrl_ript.trainers.pipeline import collection_summary, result_line
-from torchrl_ript.trainers.stats import paired_success_test
+from torchrl_ript.trainers.pipeline import collection_summary, paired_results, result_line
+from torchrl_ript.trainers.stats import paired_count_test, paired_success_test
 
 MODES = ["random", "deterministic"]
 HISTORY = [
@@ -100,3 +100,17 @@ def test_result_line_rejects_an_unknown_collection_style_and_a_missing_final():
     with pytest.raises(ValueError, match="needs final="):
         result_line(fields={}, policy="quest", modes=MODES, n_eval=4, baseline=BEFORE, trainer=TRAINER,
                     wall_s=0.0, output_dir="/out")
+
+
+def test_paired_results_on_per_start_counts():
+    """Several rollouts per start: the sign-flip test on the counts; mixed rollouts per start are refused."""
+    before = {"random": {"counts": [0, 1, 2, 4], "rollouts_per_start": 4},
+              "deterministic": {"outcomes": [1, 0, 0, 1], "rollouts_per_start": 1}}
+    after = {"random": {"counts": [2, 3, 2, 3], "rollouts_per_start": 4},
+             "deterministic": {"outcomes": [1, 1, 0, 1]}}  # no rollouts_per_start: a result from before the option
+    out = paired_results(before, after, MODES)
+    assert out["p_value_by_mode"]["random"] == paired_count_test([0, 1, 2, 4], [2, 3, 2, 3], rollouts=4)
+    assert out["p_value"] == pytest.approx(0.25)
+    assert out["p_value_by_mode"]["deterministic"] == paired_success_test([1, 0, 0, 1], [1, 1, 0, 1])
+    with pytest.raises(ValueError, match="same eval.rollouts_per_start"):
+        paired_results(before, {**after, "random": {"outcomes": [1, 1, 1, 1]}}, MODES)

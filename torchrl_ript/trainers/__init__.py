@@ -4,6 +4,7 @@ from torchrl_ript.trainers.evaluate import (
     evaluate_modes,
     evaluate_success,
     exploration_modes,
+    repeat_starts,
     save_video,
 )
 from torchrl_ript.trainers.optim import make_optimizer, make_param_groups, make_scheduler
@@ -23,6 +24,7 @@ __all__ = [
     "evaluate_modes",
     "evaluate_success",
     "exploration_modes",
+    "repeat_starts",
     "save_video",
     "make_optimizer",
     "make_param_groups",

@@ -16,8 +16,10 @@ from tqdm.auto import tqdm
 
 from torchrl_ript.collectors.engine import Rollout, RolloutEngine
 from torchrl_ript.data.context import ContextDataset
+from torchrl_ript.trainers.stats import per_start_success
 
-__all__ = ["EXPLORATION_MODES", "evaluate_modes", "exploration_modes", "evaluate_success", "save_video"]
+__all__ = ["EXPLORATION_MODES", "evaluate_modes", "exploration_modes", "evaluate_success", "repeat_starts",
+           "save_video"]
 
 # "deterministic": the policy's mode (the paper's OpenVLA-OFT evaluation); "random": the
 # sampling policy RIPT optimises (QueST's own evaluation samples among the top-k tokens)
@@ -122,6 +124,23 @@ def evaluate_success(
     }
 
 
+def repeat_starts(contexts: ContextDataset, rollouts: int) -> ContextDataset:
+    """``contexts`` with each start ``rollouts`` times in a row (start-major order).
+
+    Rolling these out gives ``rollouts`` outcomes per start, in the order
+    :func:`~torchrl_ript.trainers.stats.per_start_success` reads them.
+
+    Examples:
+        >>> import torch
+        >>> contexts = ContextDataset(torch.tensor([[0.0], [1.0]]), [0, 1], ["a", "b"])
+        >>> repeat_starts(contexts, 3).task_ids.tolist()
+        [0, 0, 0, 1, 1, 1]
+    """
+    if rollouts < 1:
+        raise ValueError(f"rollouts per start must be >= 1, got {rollouts}.")
+    return contexts.subset(torch.arange(len(contexts)).repeat_interleave(rollouts))
+
+
 def exploration_modes(modes: str | Sequence[str]) -> list[str]:
     """``modes`` (one name or a list of :data:`EXPLORATION_MODES` names) as a checked list."""
     modes = [modes] if isinstance(modes, str) else list(modes)
@@ -144,15 +163,25 @@ def evaluate_modes(
     frame_key: NestedKey = ("observation", "image"),
     lockstep: bool = False,
     seed: int | None = None,
+    rollouts_per_start: int = 1,
     progress: bool = True,
 ) -> dict:
     """:func:`evaluate_success` once per exploration mode (names of :data:`EXPLORATION_MODES`).
 
     The first mode is the headline: its ``success_rate``, ``per_task`` and
     ``videos`` are returned at the top level; ``by_mode`` maps every mode to
-    ``{"sr", "per_task", "outcomes", "n"}`` (``outcomes``: per-context
-    successes in context order, for paired tests). Every mode is evaluated
-    with the same ``seed`` (see :func:`evaluate_success`).
+    ``{"sr", "per_task", "outcomes", "n", "starts", "rollouts_per_start",
+    "counts"}``: ``outcomes`` the ``n`` rollouts' successes start by start,
+    ``counts`` the successes per start (for paired tests:
+    :func:`~torchrl_ript.trainers.pipeline.paired_results`). Every mode is
+    evaluated with the same ``seed`` (see :func:`evaluate_success`).
+
+    ``rollouts_per_start``: the sampling modes (``"random"``) roll each start
+    out this many times (:func:`repeat_starts`). One sampled rollout per
+    start leaves the policy's own sampling noise in every paired outcome;
+    several show a gain of a few points that one cannot (README, "Eight
+    rollouts per held-out start"). The ``"deterministic"`` mode is rolled out
+    once per start whatever this says: from one start its rollouts repeat.
 
     Examples:
         >>> import torch
@@ -167,15 +196,21 @@ def evaluate_modes(
         (['deterministic', 'random'], True)
     """
     modes = exploration_modes(modes)
+    if int(rollouts_per_start) != rollouts_per_start or rollouts_per_start < 1:
+        raise ValueError(f"rollouts_per_start must be an integer >= 1 (eval.rollouts_per_start), got "
+                         f"{rollouts_per_start!r}.")
     headline, by_mode = None, {}
     for mode in modes:
+        rollouts = int(rollouts_per_start) if EXPLORATION_MODES[mode] is ExplorationType.RANDOM else 1
         result = evaluate_success(
-            env, policy, contexts, horizon=horizon, exploration_type=EXPLORATION_MODES[mode],
+            env, policy, repeat_starts(contexts, rollouts), horizon=horizon, exploration_type=EXPLORATION_MODES[mode],
             record_videos=record_videos if headline is None else 0, frame_key=frame_key, lockstep=lockstep,
             seed=seed, progress=progress,
         )
         by_mode[mode] = {"sr": result["success_rate"], "per_task": result["per_task"],
-                         "outcomes": result["outcomes"], "n": result["num_rollouts"]}
+                         "outcomes": result["outcomes"], "n": result["num_rollouts"], "starts": len(contexts),
+                         "rollouts_per_start": rollouts,
+                         "counts": per_start_success(result["outcomes"], rollouts)["counts"]}
         headline = headline or result
     return {**headline, "by_mode": by_mode}
 

@@ -51,7 +51,7 @@ from torchrl_ript.trainers.evaluate import EXPLORATION_MODES, evaluate_modes, sa
 from torchrl_ript.trainers.factory import make_logger, make_policy_trainer
 from torchrl_ript.trainers.plots import plot_success_rate
 from torchrl_ript.trainers.ript import RIPTTrainer
-from torchrl_ript.trainers.stats import paired_success_test
+from torchrl_ript.trainers.stats import paired_count_test, paired_success_test
 
 __all__ = [
     "PolicyBundle",
@@ -70,6 +70,7 @@ __all__ = [
     "collection_totals",
     "context_sampler",
     "paired_results",
+    "paired_mode_test",
     "sft_options",
     "ript_config",
     "rank_output_dir",
@@ -369,21 +370,47 @@ def paired_results(before: Mapping | None, after: Mapping, modes: list[str]) -> 
     """``p_value`` (headline mode) and ``p_value_by_mode`` of RIPT vs SFT.
 
     ``before`` / ``after`` are :func:`~torchrl_ript.trainers.evaluate_modes`
-    ``by_mode`` results on the same contexts; each mode gets the one-sided
-    exact McNemar test of :func:`~torchrl_ript.trainers.stats.paired_success_test`
-    (``gained``, ``lost``, ``p_value``). ``before=None`` (SFT not evaluated)
-    gives ``p_value=None``.
+    ``by_mode`` results on the same contexts. A mode scored with one rollout
+    per start gets the one-sided exact McNemar test of
+    :func:`~torchrl_ript.trainers.stats.paired_success_test` (``gained``,
+    ``lost``, ``p_value``); with several (``rollouts_per_start``), the
+    sign-flip test of the per-start success counts,
+    :func:`~torchrl_ript.trainers.stats.paired_count_test` (``starts_up``,
+    ``starts_down``, ``p_value``). ``before=None`` (SFT not evaluated) gives
+    ``p_value=None``.
 
     Examples:
         >>> sft = {"random": {"outcomes": [0, 0, 0, 0, 0, 1]}}
         >>> ript = {"random": {"outcomes": [1, 1, 1, 1, 0, 1]}}
         >>> paired_results(sft, ript, ["random"])["p_value"]
         0.0625
+        >>> sft = {"random": {"counts": [0, 1, 2], "rollouts_per_start": 2}}
+        >>> ript = {"random": {"counts": [2, 2, 2], "rollouts_per_start": 2}}
+        >>> paired_results(sft, ript, ["random"])["p_value_by_mode"]["random"]["starts_up"]
+        2
     """
     if not before:
         return {"p_value": None, "p_value_by_mode": None}
-    tests = {m: paired_success_test(before[m]["outcomes"], after[m]["outcomes"]) for m in modes}
+    tests = {m: paired_mode_test(before[m], after[m]) for m in modes}
     return {"p_value": tests[modes[0]]["p_value"], "p_value_by_mode": tests}
+
+
+def paired_mode_test(before: Mapping, after: Mapping) -> dict:
+    """The paired test of one mode's scores (see :func:`paired_results`).
+
+    Scores without ``rollouts_per_start`` (results saved before the option
+    existed) count as one rollout per start.
+    """
+    rollouts = {int(scores.get("rollouts_per_start", 1)) for scores in (before, after)}
+    if len(rollouts) > 1:
+        raise ValueError(
+            f"the two evaluations rolled each start out {sorted(rollouts)} times: score both with the "
+            "same eval.rollouts_per_start to compare them start by start."
+        )
+    (rollouts,) = rollouts
+    if rollouts == 1:
+        return paired_success_test(before["outcomes"], after["outcomes"])
+    return paired_count_test(before["counts"], after["counts"], rollouts=rollouts)
 
 
 _COLLECTION_KEYS = ("groups_completed", "groups_kept", "groups_all_success", "groups_all_failure",
@@ -522,12 +549,14 @@ def evaluate_stage(
     baseline: Mapping | None = None,
     lockstep: bool = False,
     seed: int | None = None,
+    rollouts_per_start: int = 1,
     progress: bool = True,
 ) -> dict:
     """Held-out success rates of ``bundle``'s rollout policy in each exploration mode.
 
-    One rollout per context of ``contexts`` and mode
-    (:func:`~torchrl_ript.trainers.evaluate_modes`, the first mode is the
+    One rollout per context of ``contexts`` and mode, ``rollouts_per_start``
+    for the sampling mode (``eval.rollouts_per_start``;
+    :func:`~torchrl_ript.trainers.evaluate_modes`, the first mode is the
     headline); the first ``videos`` rollouts are saved as
     ``out/videos/<tag>_<i>.gif`` and each mode's rates are printed, with the
     paired test against ``baseline`` (an earlier result of this function on
@@ -537,18 +566,23 @@ def evaluate_stage(
     same as in any other run of it, whatever ran before. Returns
     :func:`~torchrl_ript.trainers.evaluate_modes`'s result without the frames.
     """
-    result = evaluate_modes(env, bundle.policy, contexts, horizon=horizon, modes=modes,
-                            record_videos=videos, lockstep=lockstep, seed=seed, progress=progress)
+    result = evaluate_modes(env, bundle.policy, contexts, horizon=horizon, modes=modes, record_videos=videos,
+                            lockstep=lockstep, seed=seed, rollouts_per_start=rollouts_per_start, progress=progress)
     for i, frames in enumerate(result.pop("videos")):
         save_video(frames, Path(out) / "videos" / f"{tag}_{i}.gif")
     for mode, scores in result["by_mode"].items():
-        print(f"[{tag}] held-out SR ({mode}) {scores['sr']:.3f} over {scores['n']} contexts, "
-              f"per task {scores['per_task']}", flush=True)
+        print(f"[{tag}] held-out SR ({mode}) {scores['sr']:.3f} over {scores['starts']} contexts x "
+              f"{scores['rollouts_per_start']} rollouts, per task {scores['per_task']}", flush=True)
     tests = paired_results(baseline and baseline["by_mode"], result["by_mode"], list(result["by_mode"]))
     for mode, test in (tests["p_value_by_mode"] or {}).items():
+        if "gained" in test:
+            change = (f"{test['gained']} newly solved, {test['lost']} lost; one-sided paired (McNemar) "
+                      f"p = {test['p_value']:.4g}")
+        else:
+            change = (f"{test['starts_up']} solved more often, {test['starts_down']} less often (of "
+                      f"{test['rollouts']} rollouts each); one-sided paired sign-flip p = {test['p_value']:.4g}")
         print(f"[{tag}] {mode}: SR {test['sr_before']:.3f} -> {test['sr_after']:.3f} on {test['n']} "
-              f"held-out contexts; {test['gained']} newly solved, {test['lost']} lost; one-sided "
-              f"paired (McNemar) p = {test['p_value']:.4f}", flush=True)
+              f"held-out contexts; {change}", flush=True)
     return result
 
 
@@ -640,7 +674,8 @@ def plot_stage(
     return plot_success_rate(
         history, trainer.history, path, title=title, eval_label=eval_label,
         baseline={m: r["sr"] for m, r in before.items()} if before else None,
-        final={f"{m}, {per_task}/task": r["sr"] for m, r in final["by_mode"].items()},
+        final={f"{m}, {per_task}/task" + (f" x {r['rollouts_per_start']}" if r.get("rollouts_per_start", 1) > 1
+                                          else ""): r["sr"] for m, r in final["by_mode"].items()},
     )
 
 
@@ -671,7 +706,8 @@ def result_line(
     when ``baseline`` is ``None``); ``stage_fields`` (e.g. stage timings);
     after RIPT (``trainer`` and ``final`` given) ``sr_ript``,
     ``sr_ript_per_task``, ``sr_ript_by_mode``, ``iterations``, ``env_steps``,
-    ``p_value`` (one-sided paired McNemar test of the headline mode,
+    ``p_value`` (one-sided paired test of the headline mode: McNemar, or the
+    per-start count test with ``eval.rollouts_per_start`` > 1;
     :func:`paired_results`) and the per-mode tests under ``paired_key``,
     ``policy_share`` (:func:`policy_share` of the RIPT collection), the
     collection statistics (``collection="summary"``: :func:`collection_summary`
