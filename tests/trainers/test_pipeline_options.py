@@ -116,6 +116,6 @@ def test_several_rollouts_per_start_for_the_sampling_mode_only():
     assert out["success_rate"] == sampled["sr"] and out["num_rollouts"] == 24
     again = evaluate_modes(env, policy, contexts, rollouts_per_start=4, **kwargs)["by_mode"]["random"]
     assert again["counts"] == counts  # seeded, lockstep: the same draws
-    for bad in (0, 1.5):
+    for bad in (0, 1.5, "2", None):
         with pytest.raises(ValueError, match="eval.rollouts_per_start"):
             evaluate_modes(env, policy, contexts, rollouts_per_start=bad, **kwargs)

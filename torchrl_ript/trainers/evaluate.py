@@ -196,12 +196,12 @@ def evaluate_modes(
         (['deterministic', 'random'], True)
     """
     modes = exploration_modes(modes)
-    if int(rollouts_per_start) != rollouts_per_start or rollouts_per_start < 1:
+    if not isinstance(rollouts_per_start, int) or isinstance(rollouts_per_start, bool) or rollouts_per_start < 1:
         raise ValueError(f"rollouts_per_start must be an integer >= 1 (eval.rollouts_per_start), got "
                          f"{rollouts_per_start!r}.")
     headline, by_mode = None, {}
     for mode in modes:
-        rollouts = int(rollouts_per_start) if EXPLORATION_MODES[mode] is ExplorationType.RANDOM else 1
+        rollouts = rollouts_per_start if EXPLORATION_MODES[mode] is ExplorationType.RANDOM else 1
         result = evaluate_success(
             env, policy, repeat_starts(contexts, rollouts), horizon=horizon, exploration_type=EXPLORATION_MODES[mode],
             record_videos=record_videos if headline is None else 0, frame_key=frame_key, lockstep=lockstep,
