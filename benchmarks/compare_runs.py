@@ -42,7 +42,9 @@ def scores(result: dict, stage: str, mode: str) -> dict:
 
 def load_pair(baseline: Path, candidate: Path, mode: str) -> dict:
     base, cand = (json.loads(p.read_text()) for p in (baseline, candidate))
-    sft_base, sft_cand = scores(base, "sft", mode), scores(cand, "sft", mode)
+    sft_base = scores(base, "sft", mode)
+    # a candidate run from the baseline's SFT policy with stages.eval_sft=false: the baseline's SFT scores serve both
+    sft_cand = scores(cand, "sft", mode) if cand.get("sr_sft_by_mode") else sft_base
     if (len(sft_base["counts"]), sft_base["rollouts_per_start"]) != (len(sft_cand["counts"]),
                                                                     sft_cand["rollouts_per_start"]):
         raise SystemExit(
@@ -54,6 +56,7 @@ def load_pair(baseline: Path, candidate: Path, mode: str) -> dict:
     return {
         "seed": "/".join(str(s) for s in sorted(seeds, key=str)),
         "sft": sft_base,
+        "sft_shared": sft_cand is sft_base,
         "sft_agree": sum(a == b for a, b in zip(sft_base["counts"], sft_cand["counts"])) / len(sft_base["counts"]),
         "baseline": scores(base, "ript", mode),
         "candidate": scores(cand, "ript", mode),
@@ -115,6 +118,10 @@ def main(argv: list[str] | None = None) -> dict:
             f"| {r['seed']} | {r['n']} | {fmt(r['baseline_vs_sft'])} | {fmt(r['candidate_vs_sft'])} "
             f"| {fmt(r['candidate_vs_baseline'])} |"
         )
+    shared = [str(c) for c, p in zip(args.candidate, pairs) if p["sft_shared"]]
+    if shared:
+        print(f"note: {', '.join(shared)} evaluated no SFT policy (stages.eval_sft=false): the baseline's SFT "
+              "scores are used, which is right only if the candidate started from the baseline's SFT policy.")
     if any(p["sft_agree"] < 1.0 for p in pairs):
         print("note: the two variants' SFT evaluations differ on some starts (sampling noise of the "
               "evaluation, or not the same SFT policy); the baseline's SFT outcomes are used.")

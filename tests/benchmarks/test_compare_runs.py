@@ -86,3 +86,16 @@ def test_several_rollouts_per_start_are_compared_on_counts(tmp_path, compare, ca
         compare(["--baseline", b0, "--candidate", one])
     with pytest.raises(SystemExit, match="same eval.rollouts_per_start"):
         compare(["--baseline", b0, one, "--candidate", c0, one])
+
+
+def test_a_candidate_without_sft_evaluation_uses_the_baselines(tmp_path, compare, capsys):
+    """A RIPT-only candidate run with stages.eval_sft=false (no SFT scores) is paired with the baseline's SFT."""
+    base = write_counts(tmp_path / "b.json", 0, [0, 1, 2, 4], [0, 2, 2, 4], rollouts=4)
+    cand = json.loads(Path(write_counts(tmp_path / "c.json", 0, [0, 0, 0, 0], [2, 3, 2, 3], rollouts=4)).read_text())
+    cand["sr_sft_by_mode"] = None
+    (tmp_path / "c.json").write_text(json.dumps(cand))
+    summary = compare(["--baseline", base, "--candidate", str(tmp_path / "c.json")])
+    assert "evaluated no SFT policy" in capsys.readouterr().out
+    row = summary["rows"][0]
+    assert row["candidate_vs_sft"] == paired_count_test([0, 1, 2, 4], [2, 3, 2, 3], rollouts=4)
+    assert row["sft_agreement"] == 1.0
