@@ -23,6 +23,8 @@ from torchrl_ript.config import PAPER_PRESETS, ConfigError, RIPTConfig, validate
         (dict(max_staleness=-1), "max_staleness must be >= 0"),
         (dict(loss_reduction="rollout"), "loss_reduction must be 'decision' or 'trajectory'"),
         (dict(target_kl=0.0), "target_kl must be > 0 or null"),
+        (dict(update_threads=0), "update_threads must be an integer >= 1 or null"),
+        (dict(update_threads=1.5), "update_threads must be an integer >= 1 or null"),
     ],
 )
 def test_bad_values_name_the_fix(values, match):

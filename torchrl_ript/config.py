@@ -85,6 +85,10 @@ class RIPTConfig:
         null_advantages: a control run on random-sign advantages (the signal
             audit's null every step; see ``RIPTTrainer``): how far the recipe
             moves held-out success without the reward.
+        update_threads: torch intra-op threads during a step's PPO epochs
+            (``None`` = the process's setting). The env workers wait for the
+            next batch then, so the update may use the cores that collection
+            and evaluation leave to them (see ``RIPTTrainer``).
         ratio: ``"trajectory"`` (Eq. 8), ``"step"`` (one ratio per decision) or
             ``"action"`` (continuous chunk policies: one ratio per action of a
             decision's chunk, its log-prob summed over the action dims only;
@@ -125,6 +129,7 @@ class RIPTConfig:
     max_grad_norm: float | None = 1.0
     target_kl: float | None = None
     null_advantages: bool = False
+    update_threads: int | None = None
     ratio: str = "trajectory"
     train_scale: bool = False
     loss_reduction: str = "decision"
@@ -202,6 +207,10 @@ def validate_ript_config(config: RIPTConfig) -> RIPTConfig:
         raise ConfigError(f"loss_reduction must be 'decision' or 'trajectory', got {c.loss_reduction!r}.")
     if c.target_kl is not None and not c.target_kl > 0:
         raise ConfigError(f"target_kl must be > 0 or null (off), got {c.target_kl}.")
+    if c.update_threads is not None and (isinstance(c.update_threads, bool) or not isinstance(c.update_threads, int)
+                                         or c.update_threads < 1):
+        raise ConfigError(f"update_threads must be an integer >= 1 or null (the process's setting), got "
+                          f"{c.update_threads!r}.")
     if c.scheduler not in ("constant", "cosine"):
         raise ConfigError(f"scheduler must be 'constant' or 'cosine', got {c.scheduler!r}.")
     if c.minibatch_size > c.trajs_per_batch:

@@ -132,3 +132,40 @@ def test_null_advantages_train_on_random_signs_of_the_real_magnitudes(null):
     assert torch.equal(seen.abs().sort(0).values, real.abs().sort(0).values)
     # the same multiset of signed values for the real run; signs redrawn for the control
     assert torch.equal(seen.sort(0).values, real.sort(0).values) != null
+
+
+class _ThreadsLoss(RIPTClipPPOLoss):
+    """Records torch's intra-op threads at each gradient step."""
+
+    def forward(self, tensordict):
+        self.threads.append(torch.get_num_threads())
+        return super().forward(tensordict)
+
+
+@pytest.mark.parametrize("update_threads", [None, 1, 2])
+def test_update_threads_hold_during_the_epochs_only(update_threads):
+    torch.manual_seed(0)
+    actor, _ = laplace_actor(init_scale=0.3)
+    contexts = ContextDataset(torch.rand(32, 2) - 0.5, [0] * 32, ["track"], seed=0)
+    collector = GroupCollector(SerialEnv(4, make_env), actor, context_dataset=contexts, group_size=4,
+                               trajs_per_batch=8, max_frames_per_traj=4, seed=0)
+    loss = _ThreadsLoss(actor, ratio="step")
+    loss.threads = []
+    trainer = RIPTTrainer(collector=collector, loss=loss, optimizer=make_optimizer(actor, lr=1e-2),
+                          num_steps=1, ppo_epochs=2, minibatch_size=4, update_threads=update_threads,
+                          progress=False, seed=0)
+    batch = next(iter(collector))
+    collector.shutdown()
+    before = torch.get_num_threads()
+    other = 2 if before == 1 else 1  # the process's setting differs from the update's where possible
+    torch.set_num_threads(other if update_threads is not None else before)
+    try:
+        outside = torch.get_num_threads()
+        trainer.update(batch)
+        assert loss.threads == [update_threads or outside] * 4  # 2 epochs x 2 minibatches of 4 rows
+        assert torch.get_num_threads() == outside  # restored
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="update_threads must be an integer >= 1"):
+        RIPTTrainer(collector=collector, loss=loss, optimizer=make_optimizer(actor, lr=1e-2),
+                    num_steps=1, ppo_epochs=1, minibatch_size=4, update_threads=0)

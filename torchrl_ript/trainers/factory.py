@@ -205,6 +205,7 @@ def make_ript_trainer(
         max_grad_norm=config.max_grad_norm,
         target_kl=config.target_kl,
         null_advantages=config.null_advantages,
+        update_threads=config.update_threads,
         scheduler=scheduler,
         evaluate=evaluate,
         eval_every=config.eval_every,
