@@ -77,7 +77,7 @@ def main(argv=None) -> dict:
     common = [
         "tasks=[reach-v3]", "demos.per_task=1", "env.image_size=64", "env.max_steps=200",
         "policy.kind=quest", "policy.preset=tiny", "sft.steps=3", "sft.autoencoder_steps=3",
-        "stages.eval_sft=false", "eval.per_task=1", "eval.during_training_per_task=1", "eval.videos=0",
+        "stages.eval_sft=false", "eval.per_task=1", "eval.num_envs=1", "eval.during_training_per_task=1", "eval.videos=0",
         f"ript.num_steps={args.steps}", f"ript.group_size={args.k}", f"ript.trajs_per_batch={args.batch}",
         "ript.ppo_epochs=2", f"ript.minibatch_size={2 * G}", "ript.dynamic_sampling=false",
         f"ript.eval_every={10 * args.steps}", "progress=false", "logger.kind=none",

@@ -114,10 +114,8 @@ def table(result: dict) -> str:
 def run(cfg, *, args: argparse.Namespace, config_name: str, overrides: list[str], out: Path) -> dict:
     from omegaconf import OmegaConf
 
-    from torchrl_ript.collectors.engine import as_env_pool
     from torchrl_ript.models.checkpoint import load_policy
     from torchrl_ript.models.registry import set_sampling, wrap_policy
-    from torchrl_ript.trainers.factory import make_batched_env
     from torchrl_ript.trainers.pipeline import policy_sampling
     from torchrl_ript.trainers.stats import paired_count_test
 
@@ -128,8 +126,8 @@ def run(cfg, *, args: argparse.Namespace, config_name: str, overrides: list[str]
     prep = example.prepare(cfg, out)
     config = prep.config
     rollouts = args.rollouts or config.group_size
-    # LIBERO's prepare builds the env pool it evaluates on; MetaWorld's gives the factory
-    env = getattr(prep, "env", None) or as_env_pool(make_batched_env(prep.env_fn, cfg.env.num_envs))
+    # LIBERO's prepare builds the env pool it evaluates on; MetaWorld's example builds its evaluation pool
+    env = getattr(prep, "env", None) or example.make_eval_env(cfg, prep)
     common = dict(rollouts=rollouts, horizon=config.max_decisions, lockstep=config.lockstep, seed=cfg.eval.seed,
                   progress=cfg.progress)
     try:

@@ -164,6 +164,11 @@ def ript_inputs(cfg, prep: SimpleNamespace) -> dict:
                 train_contexts=train_contexts(cfg, prep.paths, config.group_size), collector_options=cfg.collector)
 
 
+def make_eval_env(cfg, prep: SimpleNamespace):
+    """The evaluations' env pool: ``eval.num_envs`` slots (shared with ``benchmarks/per_start_success.py``)."""
+    return as_env_pool(make_batched_env(prep.env_fn, cfg.eval.num_envs))
+
+
 @hydra.main(config_path="configs", config_name="ript_metaworld", version_base=None)
 def main(cfg: DictConfig) -> None:
     start = time.perf_counter()
@@ -172,8 +177,8 @@ def main(cfg: DictConfig) -> None:
     out = rank_output_dir(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir, distributed)
     modes = exploration_modes(cfg.eval.exploration)  # a bad name fails before any work
     prep = prepare(cfg, out, distributed)
-    bundle, config, env_fn = prep.bundle, prep.config, prep.env_fn
-    eval_env = as_env_pool(make_batched_env(env_fn, cfg.env.num_envs))  # one pool for every evaluation
+    bundle, config = prep.bundle, prep.config
+    eval_env = make_eval_env(cfg, prep)  # one pool for every evaluation
     held_out = prep.held_out
     evaluate = partial(evaluate_stage, eval_env, bundle, held_out, horizon=config.max_decisions, modes=modes,
                        videos=cfg.eval.videos, out=out, lockstep=config.lockstep, seed=cfg.eval.seed,

@@ -69,7 +69,7 @@ def test_own_options_are_checked(script, tmp_path):
 def test_metaworld_tiny_policy_against_itself(tmp_path):
     """The same policy file scored twice on the same starts and seed: the same counts, nothing to test."""
     pytest.importorskip("metaworld")
-    tiny = ["tasks=[reach-v3]", "demos.per_task=1", "env.max_steps=40", "env.image_size=32", "env.num_envs=1",
+    tiny = ["tasks=[reach-v3]", "demos.per_task=1", "env.max_steps=40", "env.image_size=32", "env.num_envs=1", "eval.num_envs=1",
             "eval.per_task=4", "policy.preset=tiny", "+policy.overrides.n_exec=8", "policy.sampling.top_k=3",
             "sft.steps=3", "sft.autoencoder_steps=3", "progress=false"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

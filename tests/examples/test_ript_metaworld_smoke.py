@@ -21,7 +21,7 @@ pytest.importorskip("metaworld")
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "ript_metaworld.py"
 TINY = [
-    "env.image_size=32", "env.num_envs=1", "policy.preset=tiny", "sft.steps=3", "sft.autoencoder_steps=3",
+    "env.image_size=32", "env.num_envs=1", "eval.num_envs=1", "policy.preset=tiny", "sft.steps=3", "sft.autoencoder_steps=3",
     "sft.scale_steps=3", "eval.during_training_per_task=1", "eval.videos=1", "ript.num_steps=1",
     "ript.group_size=2", "ript.trajs_per_batch=4", "ript.ppo_epochs=1", "ript.minibatch_size=2",
     "ript.max_context_draws=2", "progress=false",
