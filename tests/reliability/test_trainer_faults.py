@@ -119,6 +119,18 @@ def test_bad_checkpoints_raise_clear_errors_and_overwrite_nothing(tmp_path, case
     again.collector.shutdown()
 
 
+def test_a_longer_run_or_other_update_threads_resume(tmp_path):
+    # more steps (extending a finished run) and speed-only options may change; the recipe may not
+    first = _trainer(tmp_path, config={"group_size": 4, "lr": 1e-2, "num_steps": 1, "update_threads": None})
+    first.train()
+    first.collector.shutdown()
+    again = _trainer(tmp_path, num_steps=2, config={"group_size": 4, "lr": 1e-2, "num_steps": 2, "update_threads": 2})
+    assert again.resume(tmp_path / "latest.pt") and again.step == 1
+    again.train()
+    assert again.step == 2
+    again.collector.shutdown()
+
+
 def test_starvation_gives_one_message_per_step_no_update_and_a_summary(tmp_path, capsys):
     # the oracle solves every context: every group is all-success, none is informative
     trainer = _trainer(tmp_path, policy=oracle_policy(), num_steps=3, max_context_draws=4)

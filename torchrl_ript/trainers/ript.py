@@ -33,7 +33,7 @@ __all__ = ["RIPTTrainer", "CheckpointError"]
 
 _CHECKPOINT_FORMAT = "torchrl_ript.RIPTTrainer/1"
 # settings a resumed run may change (the rest must match the checkpoint)
-_RESUMABLE_CHANGES = {"num_steps", "eval_every", "num_envs"}
+_RESUMABLE_CHANGES = {"num_steps", "eval_every", "num_envs", "update_threads"}  # a longer run, or speed only
 # the loss outputs averaged into each step's record
 _TRAIN_STATS = {
     "loss_objective": "train/loss",
