@@ -111,20 +111,26 @@ class _RecordingLoss(RIPTClipPPOLoss):
         return super().forward(tensordict)
 
 
-@pytest.mark.parametrize("null", [False, True])
-def test_null_advantages_train_on_random_signs_of_the_real_magnitudes(null):
+def one_batch(loss_class, *, trajs_per_batch, **trainer_kwargs):
+    """A trainer with a recording loss (``ratio="step"``) and one collected toy batch."""
     torch.manual_seed(0)
     actor, _ = laplace_actor(init_scale=0.3)
     contexts = ContextDataset(torch.rand(32, 2) - 0.5, [0] * 32, ["track"], seed=0)
     collector = GroupCollector(SerialEnv(4, make_env), actor, context_dataset=contexts, group_size=4,
-                               trajs_per_batch=16, max_frames_per_traj=4, seed=0)
-    loss = _RecordingLoss(actor, ratio="step")
-    loss.seen = []
-    trainer = RIPTTrainer(collector=collector, loss=loss, optimizer=make_optimizer(actor, lr=1e-2),
-                          num_steps=1, ppo_epochs=1, minibatch_size=16, null_advantages=null,
-                          progress=False, seed=0)
+                               trajs_per_batch=trajs_per_batch, max_frames_per_traj=4, seed=0)
+    loss = loss_class(actor, ratio="step")
+    trainer = RIPTTrainer(collector=collector, loss=loss, optimizer=make_optimizer(actor, lr=1e-2), num_steps=1,
+                          progress=False, seed=0, **trainer_kwargs)
     batch = next(iter(collector))
     collector.shutdown()
+    return trainer, loss, batch
+
+
+@pytest.mark.parametrize("null", [False, True])
+def test_null_advantages_train_on_random_signs_of_the_real_magnitudes(null):
+    trainer, loss, batch = one_batch(_RecordingLoss, trajs_per_batch=16, ppo_epochs=1, minibatch_size=16,
+                                     null_advantages=null)
+    loss.seen = []
     real = batch.get("advantage").clone()
     trainer.update(batch)
     (seen,) = loss.seen  # one epoch, one minibatch of all 16 rows (in shuffled order)
@@ -144,18 +150,9 @@ class _ThreadsLoss(RIPTClipPPOLoss):
 
 @pytest.mark.parametrize("update_threads", [None, 1, 2])
 def test_update_threads_hold_during_the_epochs_only(update_threads):
-    torch.manual_seed(0)
-    actor, _ = laplace_actor(init_scale=0.3)
-    contexts = ContextDataset(torch.rand(32, 2) - 0.5, [0] * 32, ["track"], seed=0)
-    collector = GroupCollector(SerialEnv(4, make_env), actor, context_dataset=contexts, group_size=4,
-                               trajs_per_batch=8, max_frames_per_traj=4, seed=0)
-    loss = _ThreadsLoss(actor, ratio="step")
+    trainer, loss, batch = one_batch(_ThreadsLoss, trajs_per_batch=8, ppo_epochs=2, minibatch_size=4,
+                                     update_threads=update_threads)
     loss.threads = []
-    trainer = RIPTTrainer(collector=collector, loss=loss, optimizer=make_optimizer(actor, lr=1e-2),
-                          num_steps=1, ppo_epochs=2, minibatch_size=4, update_threads=update_threads,
-                          progress=False, seed=0)
-    batch = next(iter(collector))
-    collector.shutdown()
     before = torch.get_num_threads()
     other = 2 if before == 1 else 1  # the process's setting differs from the update's where possible
     torch.set_num_threads(other if update_threads is not None else before)
@@ -167,5 +164,5 @@ def test_update_threads_hold_during_the_epochs_only(update_threads):
     finally:
         torch.set_num_threads(before)
     with pytest.raises(ValueError, match="update_threads must be an integer >= 1"):
-        RIPTTrainer(collector=collector, loss=loss, optimizer=make_optimizer(actor, lr=1e-2),
+        RIPTTrainer(collector=trainer.collector, loss=loss, optimizer=trainer.optimizer,
                     num_steps=1, ppo_epochs=1, minibatch_size=4, update_threads=0)
