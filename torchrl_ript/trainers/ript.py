@@ -79,7 +79,7 @@ class RIPTTrainer:
             step's PPO epochs, the process's setting restored after them. The
             collector's env workers wait for the next batch while the learner
             updates, so the update may use the cores collection leaves to them
-            (the main job: 2 threads on 2 cores took ~0.6x the update time of
+            (the main job: 2 threads on 2 cores took 0.6-0.75x the update time of
             one; README "The default main job"). Defaults to ``None`` (the
             process's setting).
         scheduler: optional LR scheduler, stepped once per RIPT step.
