@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
-__all__ = ["RIPTConfig", "ConfigError", "check_group_sizes", "validate_ript_config", "PAPER_PRESETS"]
+__all__ = ["RIPTConfig", "ConfigError", "check_group_sizes", "check_update_threads", "validate_ript_config", "PAPER_PRESETS"]
 
 
 class ConfigError(ValueError):
@@ -64,6 +64,23 @@ def check_group_sizes(
             f"max_context_draws={max_context_draws} cannot fill B={b} with groups of "
             f"K={k}: use at least {b // k}."
         )
+
+
+def check_update_threads(update_threads) -> None:
+    """The one check of ``update_threads`` (the config's and the trainer's): ``None`` or an integer >= 1.
+
+    Examples:
+        >>> check_update_threads(None), check_update_threads(2)
+        (None, None)
+        >>> check_update_threads(0)
+        Traceback (most recent call last):
+        ...
+        torchrl_ript.config.ConfigError: update_threads must be an integer >= 1 or null (the process's setting), got 0.
+    """
+    if update_threads is not None and (isinstance(update_threads, bool) or not isinstance(update_threads, int)
+                                       or update_threads < 1):
+        raise ConfigError(f"update_threads must be an integer >= 1 or null (the process's setting), got "
+                          f"{update_threads!r}.")
 
 
 @dataclass
@@ -207,10 +224,7 @@ def validate_ript_config(config: RIPTConfig) -> RIPTConfig:
         raise ConfigError(f"loss_reduction must be 'decision' or 'trajectory', got {c.loss_reduction!r}.")
     if c.target_kl is not None and not c.target_kl > 0:
         raise ConfigError(f"target_kl must be > 0 or null (off), got {c.target_kl}.")
-    if c.update_threads is not None and (isinstance(c.update_threads, bool) or not isinstance(c.update_threads, int)
-                                         or c.update_threads < 1):
-        raise ConfigError(f"update_threads must be an integer >= 1 or null (the process's setting), got "
-                          f"{c.update_threads!r}.")
+    check_update_threads(c.update_threads)
     if c.scheduler not in ("constant", "cosine"):
         raise ConfigError(f"scheduler must be 'constant' or 'cosine', got {c.scheduler!r}.")
     if c.minibatch_size > c.trajs_per_batch:

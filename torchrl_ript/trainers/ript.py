@@ -25,6 +25,7 @@ from torchrl.record.loggers import Logger
 from tqdm.auto import tqdm
 
 from torchrl_ript.collectors.group import GroupCollector
+from torchrl_ript.config import check_update_threads
 from torchrl_ript.models.checkpoint import CheckpointError
 from torchrl_ript.objectives.ppo import RIPTClipPPOLoss
 from torchrl_ript.transforms.group_advantage import random_sign_advantages
@@ -180,9 +181,7 @@ class RIPTTrainer:
             raise ValueError(f"target_kl must be > 0 or None, got {target_kl}.")
         self.target_kl = target_kl
         self.null_advantages = bool(null_advantages)
-        if update_threads is not None and (isinstance(update_threads, bool) or not isinstance(update_threads, int)
-                                           or update_threads < 1):
-            raise ValueError(f"update_threads must be an integer >= 1 or None, got {update_threads!r}.")
+        check_update_threads(update_threads)  # ConfigError, a ValueError
         self.update_threads = update_threads
         self._null_seed = 0 if seed is None else int(seed)
         self.scheduler = scheduler
