@@ -83,6 +83,22 @@ def check_update_threads(update_threads) -> None:
                           f"{update_threads!r}.")
 
 
+def check_target_kl(target_kl) -> None:
+    """The one check of ``target_kl`` (the config's and the trainer's): ``None`` (off) or a number > 0.
+
+    Examples:
+        >>> check_target_kl(None), check_target_kl(0.005)
+        (None, None)
+        >>> check_target_kl(0.0)
+        Traceback (most recent call last):
+        ...
+        torchrl_ript.config.ConfigError: target_kl must be > 0 or null (off), got 0.0.
+    """
+    if target_kl is not None and (isinstance(target_kl, bool) or not isinstance(target_kl, (int, float))
+                                  or not target_kl > 0):
+        raise ConfigError(f"target_kl must be > 0 or null (off), got {target_kl!r}.")
+
+
 @dataclass
 class RIPTConfig:
     """The knobs of Algorithm 1.
@@ -222,8 +238,7 @@ def validate_ript_config(config: RIPTConfig) -> RIPTConfig:
         raise ConfigError(f"ratio must be 'trajectory', 'step' or 'action', got {c.ratio!r}.")
     if c.loss_reduction not in ("decision", "trajectory"):
         raise ConfigError(f"loss_reduction must be 'decision' or 'trajectory', got {c.loss_reduction!r}.")
-    if c.target_kl is not None and not c.target_kl > 0:
-        raise ConfigError(f"target_kl must be > 0 or null (off), got {c.target_kl}.")
+    check_target_kl(c.target_kl)
     check_update_threads(c.update_threads)
     if c.scheduler not in ("constant", "cosine"):
         raise ConfigError(f"scheduler must be 'constant' or 'cosine', got {c.scheduler!r}.")

@@ -25,7 +25,7 @@ from torchrl.record.loggers import Logger
 from tqdm.auto import tqdm
 
 from torchrl_ript.collectors.group import GroupCollector
-from torchrl_ript.config import check_update_threads
+from torchrl_ript.config import check_target_kl, check_update_threads
 from torchrl_ript.models.checkpoint import CheckpointError
 from torchrl_ript.objectives.ppo import RIPTClipPPOLoss
 from torchrl_ript.transforms.group_advantage import random_sign_advantages
@@ -177,8 +177,7 @@ class RIPTTrainer:
         self.ppo_epochs = int(ppo_epochs)
         self.minibatch_size = int(minibatch_size)
         self.max_grad_norm = max_grad_norm
-        if target_kl is not None and not target_kl > 0:
-            raise ValueError(f"target_kl must be > 0 or None, got {target_kl}.")
+        check_target_kl(target_kl)  # ConfigError, a ValueError
         self.target_kl = target_kl
         self.null_advantages = bool(null_advantages)
         check_update_threads(update_threads)  # ConfigError, a ValueError
