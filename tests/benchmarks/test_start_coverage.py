@@ -40,6 +40,23 @@ def test_never_solved_starts_lie_far_from_the_demos(tmp_path, load_benchmark, ca
     assert row["distance_never"] > row["distance_others"] and row["corr_count_distance"] < 0
     after = summary["policies"]["ript"]["per_task"]["reach-v3"]
     assert after["always_solved"] == pytest.approx(2 / 6) and after["never_solved"] == row["never_solved"]
+    # the 4 starts SFT solved 4 / 8 times: RIPT solves two of them always
+    assert row["sft_mixed_starts"] == after["sft_mixed_starts"] == 4
+    assert row["sr_on_sft_mixed"] == pytest.approx(0.5) and after["sr_on_sft_mixed"] == pytest.approx(0.75)
+    assert after["sr_on_sft_never"] == 0.0 and after["sharpening_ceiling"] == pytest.approx(4 / 6)
+
+    # a RIPT-only run (no SFT evaluation) takes the SFT counts from --sft-result
+    ript_only = {**result, "sr_sft_by_mode": {}}
+    (tmp_path / "ript_only.json").write_text(json.dumps(ript_only))
+    args = ["--result", str(tmp_path / "ript_only.json"), "--demos", str(tmp_path)]
+    with pytest.raises(SystemExit, match="--sft-result"):
+        load_benchmark("start_coverage").main(args)
+    again = load_benchmark("start_coverage").main(args + ["--sft-result", str(tmp_path / "result.json")])
+    assert again["policies"]["ript"]["per_task"]["reach-v3"] == after
+    other = {**result, "config": {"eval": {"per_task": 6, "seed": 7}}}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="other held-out starts"):
+        load_benchmark("start_coverage").main(args + ["--sft-result", str(tmp_path / "other.json")])
 
 
 def test_a_result_without_its_config_is_refused(tmp_path, load_benchmark):
