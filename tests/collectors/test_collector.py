@@ -80,6 +80,9 @@ def test_dynamic_sampling_fills_b_with_informative_groups():
     assert mix[0]["groups"] == stats.groups_completed and mix[0]["informative"] == stats.groups_kept
     assert mix[0]["kept"] == 8 and mix[0]["batch_share"] == 1.0
     assert mix[0]["informative_rate"] == stats.informative_group_rate
+    # the task's success rate: its completed groups' rollouts (unfinished rollouts are not in a group yet)
+    assert mix[0]["rollouts"] == 4 * stats.groups_completed and 0 < mix[0]["successes"] <= stats.successes
+    assert mix[0]["success_rate"] == mix[0]["successes"] / mix[0]["rollouts"]
     # per-trajectory fields
     assert torch.equal(batch["steps", "mask"].sum(-1), batch["length"])
     torch.testing.assert_close(
@@ -106,7 +109,8 @@ def test_without_dynamic_sampling_every_group_counts():
     assert torch.equal(batch["advantage"], torch.zeros(8, 1))
     stats = c.last_stats  # kept, and still counted as uniform
     assert stats.groups_kept == 2 and stats.groups_all_success == 2 and stats.groups_all_failure == 0
-    assert stats.per_task == {0: {"groups": 2, "informative": 0, "kept": 8}}  # kept but not informative
+    # kept but not informative; every rollout of the oracle succeeds
+    assert stats.per_task == {0: {"groups": 2, "informative": 0, "kept": 8, "rollouts": 8, "successes": 8}}
     c.shutdown()
 
 

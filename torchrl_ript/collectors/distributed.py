@@ -75,7 +75,7 @@ def merge_collection_stats(stats: Sequence[CollectionStats | None]) -> Collectio
         (5, 15, 2.0, True)
         >>> a.count_group(0, informative=True, kept=8); b.count_group(0, informative=False, kept=0)
         >>> merge_collection_stats([a, b]).per_task
-        {0: {'groups': 2, 'informative': 1, 'kept': 8}}
+        {0: {'groups': 2, 'informative': 1, 'kept': 8, 'rollouts': 0, 'successes': 0}}
     """
     stats = [s for s in stats if s is not None]
     if not stats:

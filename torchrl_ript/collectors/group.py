@@ -597,7 +597,8 @@ class GroupCollector(GroupBatches, Collector):
         index = rb.extend(rows)  # the indices written: none when the filter dropped the group
         n = 0 if index is None else int(torch.as_tensor(index).shape[0])
         successes = int(rows[self._tensor_keys.success].sum())
-        stats.count_group(group.task_id, informative=0 < successes < self.group_size, kept=n)
+        stats.count_group(group.task_id, informative=0 < successes < self.group_size, kept=n,
+                          rollouts=self.group_size, successes=successes)
         if n:
             stats.groups_kept += 1
             stats.max_staleness = max(stats.max_staleness, version - int(rows["policy_version"].min()))

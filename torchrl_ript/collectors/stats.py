@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 __all__ = ["CollectionStats"]
 
+_TASK_COUNTS = ("groups", "informative", "kept", "rollouts", "successes")  # per-task sums (CollectionStats.per_task)
+
 
 @dataclass
 class CollectionStats:
@@ -37,19 +39,24 @@ class CollectionStats:
     bookkeeping_s: float = 0.0  # sending steps, recording decisions, finished rollouts, buffer writes
     reset_s: float = 0.0  # context resets of freed env slots
     hit_draw_limit: bool = False
-    # task id -> {"groups": completed, "informative": mixed outcomes, "kept": rollouts in the batch}
+    # task id -> {"groups": completed, "informative": mixed outcomes, "kept": rollouts in the batch,
+    #             "rollouts" / "successes": of the completed groups}
     per_task: dict = field(default_factory=dict)
 
-    def count_group(self, task_id: int, *, informative: bool, kept: int) -> None:
-        """Count one completed group of ``task_id`` (``kept``: its rollouts written to the batch)."""
-        self.add_task_counts(task_id, {"groups": 1, "informative": int(informative), "kept": int(kept)})
+    def count_group(self, task_id: int, *, informative: bool, kept: int, rollouts: int = 0,
+                    successes: int = 0) -> None:
+        """Count one completed group of ``task_id`` (``kept``: its rollouts written to the batch;
+        ``rollouts`` / ``successes``: its size and successes, for the task's success rate)."""
+        self.add_task_counts(task_id, {"groups": 1, "informative": int(informative), "kept": int(kept),
+                                       "rollouts": int(rollouts), "successes": int(successes)})
 
     def add_task_counts(self, task_id: int, counts: dict) -> None:
-        """Add ``counts`` (``groups``, ``informative``, ``kept``; other keys, e.g. the
-        rates of :meth:`task_mix`, are ignored) to ``task_id``'s."""
-        total = self.per_task.setdefault(int(task_id), {"groups": 0, "informative": 0, "kept": 0})
-        for name in total:
-            total[name] += int(counts[name])
+        """Add ``counts`` (``groups``, ``informative``, ``kept``, ``rollouts``, ``successes``;
+        a missing one counts 0, other keys, e.g. the rates of :meth:`task_mix`, are ignored)
+        to ``task_id``'s."""
+        total = self.per_task.setdefault(int(task_id), dict.fromkeys(_TASK_COUNTS, 0))
+        for name in _TASK_COUNTS:
+            total[name] += int(counts.get(name, 0))
 
     @property
     def success_rate(self) -> float:
@@ -68,20 +75,25 @@ class CollectionStats:
 
     def task_mix(self) -> dict:
         """Per task: its counts, ``informative_rate`` (mixed-outcome share of its
-        completed groups) and ``batch_share`` (its share of the kept rollouts).
+        completed groups), ``batch_share`` (its share of the kept rollouts) and
+        ``success_rate`` (of its completed groups' rollouts; ``None`` if none were counted).
 
         Examples:
             >>> stats = CollectionStats()
-            >>> stats.count_group(0, informative=True, kept=8)
-            >>> stats.count_group(0, informative=False, kept=0)
-            >>> stats.count_group(1, informative=True, kept=8)
-            >>> stats.task_mix()[0]
-            {'groups': 2, 'informative': 1, 'kept': 8, 'informative_rate': 0.5, 'batch_share': 0.5}
+            >>> stats.count_group(0, informative=True, kept=8, rollouts=8, successes=3)
+            >>> stats.count_group(0, informative=False, kept=0, rollouts=8, successes=8)
+            >>> stats.count_group(1, informative=True, kept=8, rollouts=8, successes=1)
+            >>> mix = stats.task_mix()[0]
+            >>> mix["groups"], mix["informative"], mix["kept"], mix["rollouts"], mix["successes"]
+            (2, 1, 8, 16, 11)
+            >>> mix["informative_rate"], mix["batch_share"], mix["success_rate"]
+            (0.5, 0.5, 0.6875)
         """
         total_kept = sum(c["kept"] for c in self.per_task.values())
         return {
             task: {**counts, "informative_rate": counts["informative"] / max(counts["groups"], 1),
-                   "batch_share": counts["kept"] / total_kept if total_kept else 0.0}
+                   "batch_share": counts["kept"] / total_kept if total_kept else 0.0,
+                   "success_rate": counts["successes"] / counts["rollouts"] if counts["rollouts"] else None}
             for task, counts in sorted(self.per_task.items())
         }
 

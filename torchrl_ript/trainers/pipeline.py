@@ -444,9 +444,10 @@ def policy_share(history: list[dict]) -> float | None:
 
 def task_mix(history: list[dict]) -> dict:
     """Per task id, over a RIPT run's iterations: completed groups, informative
-    (mixed-outcome) groups, kept rollouts, the informative rate and the task's
-    share of the kept rollouts, in total and per iteration (the collector's
-    ``collect/per_task``; empty without it).
+    (mixed-outcome) groups, kept rollouts, the informative rate, the task's
+    share of the kept rollouts and the success rate of its completed groups'
+    rollouts (``None`` in histories written before it was counted), in total
+    and per iteration (the collector's ``collect/per_task``; empty without it).
 
     Examples:
         >>> mix = task_mix([{"collect/per_task": {0: {"groups": 3, "informative": 1, "kept": 8}}},
@@ -461,7 +462,7 @@ def task_mix(history: list[dict]) -> dict:
     per_iteration = []
     for record in history:
         per_task = record.get("collect/per_task") or {}
-        per_iteration.append({int(t): {k: c[k] for k in ("informative_rate", "batch_share") if k in c}
+        per_iteration.append({int(t): {k: c[k] for k in ("informative_rate", "batch_share", "success_rate") if k in c}
                               for t, c in per_task.items()})
         for task, counts in per_task.items():
             totals.add_task_counts(task, counts)
