@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
-__all__ = ["RIPTConfig", "ConfigError", "check_group_sizes", "check_update_threads", "validate_ript_config", "PAPER_PRESETS"]
+__all__ = ["RIPTConfig", "ConfigError", "check_group_sizes", "check_target_kl", "check_update_threads", "validate_ript_config",
+           "PAPER_PRESETS"]
 
 
 class ConfigError(ValueError):
