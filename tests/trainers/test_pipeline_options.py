@@ -114,6 +114,9 @@ def test_several_rollouts_per_start_for_the_sampling_mode_only():
     assert any(0 < c < 4 for c in counts)  # a start's rollouts draw their own samples
     assert sampled["per_task"]["a"] == pytest.approx(sum(counts[:3]) / 12)
     assert out["success_rate"] == sampled["sr"] and out["num_rollouts"] == 24
+    steps = sampled["rollout_env_steps"]  # per rollout, in outcome order: a failure runs to the horizon
+    assert len(steps) == 24 and all(1 <= s <= 4 for s in steps)
+    assert all(s == 4 for s, ok in zip(steps, sampled["outcomes"]) if not ok)
     again = evaluate_modes(env, policy, contexts, rollouts_per_start=4, **kwargs)["by_mode"]["random"]
     assert again["counts"] == counts  # seeded, lockstep: the same draws
     for bad in (0, 1.5, "2", None):

@@ -43,10 +43,12 @@ def evaluate_success(
 
     Deterministic actions by default (the mode/mean of the policy, as the
     paper evaluates). Returns ``{"success_rate", "per_task", "outcomes",
-    "num_rollouts", "env_steps", "videos"}`` where ``per_task`` maps task
-    names to success rates, ``outcomes`` lists each context's success in
-    context order (for paired tests, see
-    :func:`~torchrl_ript.trainers.stats.paired_success_test`) and ``videos``
+    "rollout_env_steps", "num_rollouts", "env_steps", "videos"}`` where
+    ``per_task`` maps task names to success rates, ``outcomes`` lists each
+    context's success in context order (for paired tests, see
+    :func:`~torchrl_ript.trainers.stats.paired_success_test`),
+    ``rollout_env_steps`` each rollout's simulator steps in the same order (a
+    success's steps say how fast it was, a failure's the time limit) and ``videos``
     holds up to ``record_videos`` ``[T, H, W, 3]`` uint8 frame arrays (the
     frame each decision was taken on, from ``frame_key``).
 
@@ -118,6 +120,7 @@ def evaluate_success(
         "success_rate": float(np.mean([r.success for r in finished])),
         "per_task": {name: float(np.mean(s)) for name, s in per_task.items()},
         "outcomes": [bool(r.success) for r in finished],
+        "rollout_env_steps": [int(r.env_steps) for r in finished],
         "num_rollouts": len(finished),
         "env_steps": engine.times.env_steps,
         "videos": [np.stack(videos[i]) for i in sorted(videos)],
@@ -170,8 +173,9 @@ def evaluate_modes(
 
     The first mode is the headline: its ``success_rate``, ``per_task`` and
     ``videos`` are returned at the top level; ``by_mode`` maps every mode to
-    ``{"sr", "per_task", "outcomes", "n", "starts", "rollouts_per_start",
-    "counts"}``: ``outcomes`` the ``n`` rollouts' successes start by start,
+    ``{"sr", "per_task", "outcomes", "rollout_env_steps", "n", "starts",
+    "rollouts_per_start", "counts"}``: ``outcomes`` the ``n`` rollouts'
+    successes start by start (``rollout_env_steps`` their simulator steps),
     ``counts`` the successes per start (for paired tests:
     :func:`~torchrl_ript.trainers.pipeline.paired_results`). Every mode is
     evaluated with the same ``seed`` (see :func:`evaluate_success`).
@@ -208,7 +212,8 @@ def evaluate_modes(
             seed=seed, progress=progress,
         )
         by_mode[mode] = {"sr": result["success_rate"], "per_task": result["per_task"],
-                         "outcomes": result["outcomes"], "n": result["num_rollouts"], "starts": len(contexts),
+                         "outcomes": result["outcomes"], "rollout_env_steps": result["rollout_env_steps"],
+                         "n": result["num_rollouts"], "starts": len(contexts),
                          "rollouts_per_start": rollouts,
                          "counts": per_start_success(result["outcomes"], rollouts)["counts"]}
         headline = headline or result
