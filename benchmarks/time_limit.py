@@ -12,9 +12,11 @@ spend (each rollout's ``min(steps, L)``). Failures run to the time limit, so
 on a task a policy often fails the limit sets most of the cost of both RIPT's
 collection and the evaluations.
 
-Reads the per-rollout ``rollout_env_steps`` that evaluations record (results
-written before that field have none: evaluate again with the current code,
-e.g. ``stages.ript=false policy.checkpoint=<run>/sft_policy.pt``). For each
+Reads the per-rollout ``rollout_env_steps`` that evaluations record, from a
+MetaWorld or LIBERO example's result (a LIBERO run with ``env.max_steps``
+null ran to its suite's official limit). Results written before evaluations
+recorded the steps are refused: evaluate the policy again with the current
+code, e.g. ``stages.ript=false policy.checkpoint=<run>/sft_policy.pt``. For each
 policy (``sft``, ``ript``) and evaluation mode, and each limit: the success
 rate per task and in all, the share of the run's successes kept, and the
 steps spent relative to the run's own limit; then each task's success length
@@ -27,6 +29,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from torchrl_ript.envs import LIBERO_MAX_STEPS
+
+# where each example's result keeps its evaluations (ript_libero.py names the SFT one "before")
+EVALUATIONS = {"sft": ("sr_sft_by_mode", "sr_before_by_mode"), "ript": ("sr_ript_by_mode",)}
 
 
 def at_limits(steps: np.ndarray, success: np.ndarray, limits: list[int]) -> dict:
@@ -50,16 +57,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = json.loads(Path(args.result).read_text())
     cfg = result.get("config") or {}
-    run_limit = (cfg.get("env") or {}).get("max_steps")
+    # LIBERO's env.max_steps null is the suite's official limit
+    run_limit = (cfg.get("env") or {}).get("max_steps") or LIBERO_MAX_STEPS.get(result.get("suite"))
     per_task = (cfg.get("eval") or {}).get("per_task")
     if not run_limit or not per_task:
-        raise SystemExit(f"{args.result} names no env.max_steps / eval.per_task in its config: pass an example's "
-                         "result.json.")
+        raise SystemExit(f"{args.result} names no time limit (env.max_steps, or a LIBERO suite) or no eval.per_task "
+                         "in its config: pass an example's result.json.")
     limits = sorted({limit for limit in args.limits if 0 < limit <= run_limit} | {run_limit})
     tasks = list(result["tasks"])
     summary = {"result": str(args.result), "run_limit": run_limit, "limits": limits, "policies": {}}
-    for policy in ("sft", "ript"):
-        for mode, scores in (result.get(f"sr_{policy}_by_mode") or {}).items():
+    for policy, keys in EVALUATIONS.items():
+        evaluations = next((result[key] for key in keys if result.get(key)), {})
+        for mode, scores in evaluations.items():
             if "rollout_env_steps" not in scores:
                 raise SystemExit(f"{args.result}: the {policy} evaluation ({mode}) has no rollout_env_steps (written "
                                  "before evaluations recorded them): evaluate the policy again with the current code.")
@@ -87,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
             for name, q in lengths.items():
                 print(f"  success steps {name}: " + (", ".join(f"{k} {v}" for k, v in q.items()) if q else "none"))
     if not summary["policies"]:
-        raise SystemExit(f"{args.result} holds no evaluation (sr_sft_by_mode / sr_ript_by_mode).")
+        raise SystemExit(f"{args.result} holds no evaluation ({', '.join(k for keys in EVALUATIONS.values() for k in keys)}).")
     print(json.dumps(summary))
     return summary
 

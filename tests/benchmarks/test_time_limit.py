@@ -33,3 +33,17 @@ def test_shorter_limits_read_off_one_evaluation(tmp_path, load_benchmark, capsys
     path.write_text(json.dumps(result))
     with pytest.raises(SystemExit, match="evaluate the policy again"):
         load_benchmark("time_limit").main(["--result", str(path)])
+
+
+def test_libero_results_use_the_suites_limit(tmp_path, load_benchmark):
+    """``ript_libero.py`` results: ``env.max_steps`` null is the suite's limit, the SFT scores are "before"."""
+    scores = {"outcomes": [True, False], "rollout_env_steps": [150, 280], "per_task": {"a": 0.5}}
+    result = {"suite": "libero_object", "tasks": ["a"], "config": {"env": {"max_steps": None}, "eval": {"per_task": 2}},
+              "sr_before_by_mode": {"deterministic": scores}}
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps(result))
+    summary = load_benchmark("time_limit").main(["--result", str(path), "--limits", "100", "200"])
+    assert summary["run_limit"] == 280 and summary["limits"] == [100, 200, 280]
+    rows = summary["policies"]["sft/deterministic"]["by_limit"]["all"]
+    assert rows["200"]["sr"] == 0.5 and rows["100"]["sr"] == 0.0
+    assert rows["200"]["env_steps_ratio"] == pytest.approx(350 / 430)
