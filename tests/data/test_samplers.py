@@ -50,6 +50,35 @@ def test_adaptive_raises_the_informative_group_rate_and_starves_nobody():
     assert float(probs[48:].sum()) > 0.5  # most of the mass on the informative contexts
 
 
+def test_task_pooling_stops_drawing_unseen_starts_of_a_solved_task():
+    # the main job's regime: 100 starts, far fewer groups than needed to visit each start often;
+    # task "a" is solved from every start, task "b" has never-solved and mixed starts
+    p = torch.tensor([1.0] * 50 + [0.0] * 25 + [0.5] * 25)
+
+    def run(sampler, seed):
+        ds = ContextDataset(torch.arange(100.0)[:, None], [0] * 50 + [1] * 50, ["a", "b"], sampler=sampler, seed=seed)
+        rng = torch.Generator().manual_seed(seed)
+        informative = solved_task = 0
+        for _ in range(150):
+            c = int(ds.sample(1)["context_id"][0])
+            outcomes = torch.rand(K, generator=rng) < p[c]
+            informative += int(0 < int(outcomes.sum()) < K)
+            solved_task += int(c < 50)
+            ds.record_outcomes(torch.full((K,), c), outcomes)
+        return informative / 150, solved_task / 150
+
+    for seed in range(2):
+        flat_rate, flat_share = run(AdaptiveSampler(group_size=K), seed)
+        pooled_rate, pooled_share = run(AdaptiveSampler(group_size=K, task_pooling=4.0), seed)
+        # without pooling each unseen start of "a" scores as high as any: ~40% of the draws go there
+        assert flat_share > 0.3 and pooled_share < 0.2, (flat_share, pooled_share)
+        assert pooled_rate > flat_rate + 0.08, (pooled_rate, flat_rate)
+    with pytest.raises(ValueError, match="task_ids must give the task of each"):
+        AdaptiveSampler(task_pooling=1.0).scores(3, task_ids=torch.zeros(2))
+    with pytest.raises(ValueError, match="task_pooling must be >= 0"):
+        AdaptiveSampler(task_pooling=-1.0)
+
+
 def test_adaptive_forgets_so_a_context_that_became_solvable_comes_back():
     ds = ContextDataset(torch.zeros(2, 1), [0, 0], ["t"], sampler=AdaptiveSampler(group_size=K, memory=8))
     ds.record_outcomes(torch.zeros(40, dtype=torch.int64), torch.zeros(40))  # context 0 always failed

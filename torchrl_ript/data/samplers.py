@@ -124,6 +124,14 @@ class AdaptiveSampler(ContextSampler):
     share ``explore`` guarantees every context at least ``explore / N`` of the
     draws.
 
+    With ``task_pooling > 0`` a context's prior is its task's pooled estimate
+    instead of the flat ``Beta(prior, prior)``: ``Beta(w m_t, w (1 - m_t))``
+    with ``w = task_pooling`` and ``m_t`` the posterior mean success of all
+    the task's outcomes so far. An unseen start of a task whose groups all
+    succeed then scores low before it is ever drawn: with 100 starts and a
+    few hundred groups per run most starts are seen once or twice, so the
+    per-start evidence alone comes too late (README "The default main job").
+
     Keyword Args:
         group_size (int): K, rollouts per group (what "informative" means).
         explore (float): share of uniform draws, in ``[0, 1]``. Defaults to 0.2.
@@ -133,6 +141,10 @@ class AdaptiveSampler(ContextSampler):
             policy changes while it trains). ``None`` (the default) means
             ``4 * group_size``; ``float("inf")`` keeps every outcome.
         power (float): sharpen (``> 1``) or flatten (``< 1``) the scores.
+        task_pooling (float): pseudo-count ``w`` of the task's pooled
+            estimate in each context's prior; 0 (the default) keeps the flat
+            ``Beta(prior, prior)``. Needs the task of each context, which
+            :meth:`draw` takes from the dataset (``task_ids`` elsewhere).
 
     Examples:
         >>> import torch
@@ -144,6 +156,12 @@ class AdaptiveSampler(ContextSampler):
         >>> p = ds.context_sampler.probabilities(len(ds))
         >>> bool(p[1] > p[2] > p[0]), round(float(p.sum()), 6)  # mixed > unseen > solved
         (True, 1.0)
+        >>> pooled = ContextDataset(torch.zeros(4, 2), [0, 0, 1, 1], ["solved", "mixed"],
+        ...                         sampler=AdaptiveSampler(group_size=4, task_pooling=4.0), seed=0)
+        >>> pooled.record_outcomes(torch.tensor([0] * 8 + [2] * 8), torch.tensor([1] * 8 + [1, 0] * 4))
+        >>> s = pooled.context_sampler.scores(4, task_ids=pooled.task_ids)
+        >>> bool(s[3] > 3 * s[1])  # the unseen start of the mixed task before the unseen start of the solved one
+        True
     """
 
     name = "adaptive"
@@ -157,6 +175,7 @@ class AdaptiveSampler(ContextSampler):
         prior: float = 0.5,
         memory: float | None = None,
         power: float = 1.0,
+        task_pooling: float = 0.0,
     ) -> None:
         if int(group_size) < 2:
             raise ValueError(f"group_size (K) must be >= 2, got {group_size}.")
@@ -168,18 +187,21 @@ class AdaptiveSampler(ContextSampler):
             raise ValueError(f"memory must be >= 1 outcome (or None: never forget), got {memory}.")
         if float(power) <= 0:
             raise ValueError(f"power must be > 0, got {power}.")
+        if float(task_pooling) < 0:
+            raise ValueError(f"task_pooling must be >= 0 (a pseudo-count; 0: no pooling), got {task_pooling}.")
         self.group_size = int(group_size)
         self.explore = float(explore)
         self.prior = float(prior)
         self.memory = 4.0 * self.group_size if memory is None else float(memory)
         self.power = float(power)
+        self.task_pooling = float(task_pooling)
         self.successes = torch.zeros(0, dtype=torch.float64)
         self.failures = torch.zeros(0, dtype=torch.float64)
         self.draws = torch.zeros(0, dtype=torch.int64)
 
     def config(self) -> dict:
         return dict(group_size=self.group_size, explore=self.explore, prior=self.prior,
-                    memory=self.memory, power=self.power)
+                    memory=self.memory, power=self.power, task_pooling=self.task_pooling)
 
     def _grow(self, n: int) -> None:
         if self.successes.numel() < n:
@@ -188,18 +210,29 @@ class AdaptiveSampler(ContextSampler):
             self.failures = torch.cat([self.failures, torch.zeros(pad, dtype=torch.float64)])
             self.draws = torch.cat([self.draws, torch.zeros(pad, dtype=torch.int64)])
 
-    def estimates(self, n: int) -> torch.Tensor:
-        """Posterior mean success probability of the first ``n`` contexts."""
+    def _posterior(self, n: int, task_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Beta posterior ``(a, b)`` of each of the first ``n`` contexts."""
         self._grow(n)
-        a = self.prior + self.successes[:n]
-        b = self.prior + self.failures[:n]
+        successes, failures = self.successes[:n], self.failures[:n]
+        if self.task_pooling == 0 or task_ids is None:
+            return self.prior + successes, self.prior + failures
+        task_ids = torch.as_tensor(task_ids, dtype=torch.int64).reshape(-1)[:n]
+        if task_ids.numel() != n:
+            raise ValueError(f"task_ids must give the task of each of the {n} contexts, got {task_ids.numel()}.")
+        _, task = torch.unique(task_ids, return_inverse=True)
+        pooled_s = torch.zeros(int(task.max()) + 1, dtype=torch.float64).index_add_(0, task, successes)
+        pooled_f = torch.zeros_like(pooled_s).index_add_(0, task, failures)
+        mean = ((self.prior + pooled_s) / (2 * self.prior + pooled_s + pooled_f))[task]
+        return self.task_pooling * mean + successes, self.task_pooling * (1 - mean) + failures
+
+    def estimates(self, n: int, *, task_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Posterior mean success probability of the first ``n`` contexts."""
+        a, b = self._posterior(n, task_ids)
         return a / (a + b)
 
-    def scores(self, n: int) -> torch.Tensor:
+    def scores(self, n: int, *, task_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Expected chance that a group of K from each context is informative."""
-        self._grow(n)
-        a = self.prior + self.successes[:n]
-        b = self.prior + self.failures[:n]
+        a, b = self._posterior(n, task_ids)
         all_success = torch.ones_like(a)
         all_failure = torch.ones_like(a)
         for i in range(self.group_size):  # E[p^K] = prod_i (a+i)/(a+b+i) under Beta(a, b)
@@ -207,9 +240,9 @@ class AdaptiveSampler(ContextSampler):
             all_failure = all_failure * (b + i) / (a + b + i)
         return (1.0 - all_success - all_failure).clamp_min(0.0).pow(self.power)
 
-    def probabilities(self, n: int) -> torch.Tensor:
+    def probabilities(self, n: int, *, task_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The draw probability of each of the first ``n`` contexts."""
-        scores = self.scores(n)
+        scores = self.scores(n, task_ids=task_ids)
         total = float(scores.sum())
         uniform = torch.full((n,), 1.0 / n, dtype=torch.float64)
         if total <= 0 or not math.isfinite(total):
@@ -217,7 +250,7 @@ class AdaptiveSampler(ContextSampler):
         return (1.0 - self.explore) * scores / total + self.explore * uniform
 
     def draw(self, dataset, n, generator):
-        probs = self.probabilities(len(dataset))
+        probs = self.probabilities(len(dataset), task_ids=dataset.task_ids)
         index = torch.multinomial(probs, n, replacement=True, generator=generator)
         self.draws += torch.bincount(index, minlength=self.draws.numel())[: self.draws.numel()]
         return index

@@ -353,16 +353,18 @@ def load_or_pretrain(
     return save_to, {"pretrain_s": time.perf_counter() - start, "history": history, "saved": str(save_to)}
 
 
-def context_sampler(name: str, *, group_size: int, explore: float = 0.2):
+def context_sampler(name: str, *, group_size: int, explore: float = 0.2, task_pooling: float = 0.0):
     """The context sampler a config names: ``"uniform"``, ``"per_task"`` or
-    ``"adaptive"`` (for groups of ``group_size``, with ``explore`` uniform draws).
+    ``"adaptive"`` (for groups of ``group_size``, with ``explore`` uniform draws
+    and ``task_pooling``, the weight of each task's pooled estimate in its
+    starts' prior; see :class:`~torchrl_ript.data.AdaptiveSampler`).
 
     Examples:
         >>> context_sampler("adaptive", group_size=8).name, context_sampler("uniform", group_size=8).name
         ('adaptive', 'uniform')
     """
     if name == "adaptive":
-        return AdaptiveSampler(group_size=group_size, explore=explore)
+        return AdaptiveSampler(group_size=group_size, explore=explore, task_pooling=task_pooling)
     return make_sampler(name)
 
 
