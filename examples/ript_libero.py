@@ -98,8 +98,7 @@ def train_contexts(cfg, paths, task_ids, group_size: int):
     source = c.source
     if source == "auto":
         source = "demos" if cfg.demos.dir else "init_files"
-    sampler = context_sampler(c.sampler, group_size=group_size, explore=c.explore,
-                              task_pooling=c.task_pooling)
+    sampler = context_sampler(c, group_size=group_size)
     if source == "demos":
         if not paths:
             raise ValueError("contexts.source=demos needs demo files (demos.dir, or the scripted demos).")

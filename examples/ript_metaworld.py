@@ -70,8 +70,7 @@ def read_files(cfg, paths):
 
 def train_contexts(cfg, paths, group_size: int) -> ContextDataset:
     c = cfg.contexts
-    sampler = context_sampler(c.sampler, group_size=group_size, explore=c.explore,
-                              task_pooling=c.task_pooling)
+    sampler = context_sampler(c, group_size=group_size)
     kwargs = dict(sampler=sampler, noise_std=c.noise_std, project=MetaWorldContextProjection(list(cfg.tasks)),
                   seed=c.seed)
     if c.source == "sampled":

@@ -222,10 +222,9 @@ class AdaptiveSampler(ContextSampler):
         task_ids = torch.as_tensor(task_ids, dtype=torch.int64).reshape(-1)[:n]
         if task_ids.numel() != n:
             raise ValueError(f"task_ids must give the task of each of the {n} contexts, got {task_ids.numel()}.")
-        _, task = torch.unique(task_ids, return_inverse=True)
-        pooled_s = torch.zeros(int(task.max()) + 1, dtype=torch.float64).index_add_(0, task, successes)
-        pooled_f = torch.zeros_like(pooled_s).index_add_(0, task, failures)
-        mean = ((self.prior + pooled_s) / (2 * self.prior + pooled_s + pooled_f))[task]
+        pooled_s = torch.bincount(task_ids, weights=successes)
+        pooled_f = torch.bincount(task_ids, weights=failures, minlength=pooled_s.numel())
+        mean = ((self.prior + pooled_s) / (2 * self.prior + pooled_s + pooled_f))[task_ids]
         return self.task_pooling * mean + successes, self.task_pooling * (1 - mean) + failures
 
     def estimates(self, n: int, *, task_ids: torch.Tensor | None = None) -> torch.Tensor:

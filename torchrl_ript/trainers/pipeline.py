@@ -353,19 +353,24 @@ def load_or_pretrain(
     return save_to, {"pretrain_s": time.perf_counter() - start, "history": history, "saved": str(save_to)}
 
 
-def context_sampler(name: str, *, group_size: int, explore: float = 0.2, task_pooling: float = 0.0):
-    """The context sampler a config names: ``"uniform"``, ``"per_task"`` or
-    ``"adaptive"`` (for groups of ``group_size``, with ``explore`` uniform draws
-    and ``task_pooling``, the weight of each task's pooled estimate in its
-    starts' prior; see :class:`~torchrl_ript.data.AdaptiveSampler`).
+def context_sampler(contexts: Mapping, *, group_size: int):
+    """The context sampler of an example's ``contexts`` config section:
+    ``sampler`` names it (``"uniform"``, ``"per_task"`` or ``"adaptive"``);
+    the adaptive one is built for groups of ``group_size`` with the section's
+    ``explore`` (share of uniform draws) and ``task_pooling`` (weight of each
+    task's pooled estimate in its starts' prior; see
+    :class:`~torchrl_ript.data.AdaptiveSampler`).
 
     Examples:
-        >>> context_sampler("adaptive", group_size=8).name, context_sampler("uniform", group_size=8).name
-        ('adaptive', 'uniform')
+        >>> context_sampler({"sampler": "adaptive", "explore": 0.2, "task_pooling": 4.0}, group_size=8)
+        AdaptiveSampler(group_size=8, explore=0.2, prior=0.5, memory=32.0, power=1.0, task_pooling=4.0)
+        >>> context_sampler({"sampler": "uniform"}, group_size=8).name
+        'uniform'
     """
-    if name == "adaptive":
-        return AdaptiveSampler(group_size=group_size, explore=explore, task_pooling=task_pooling)
-    return make_sampler(name)
+    if contexts["sampler"] == "adaptive":
+        return AdaptiveSampler(group_size=group_size, explore=contexts["explore"],
+                               task_pooling=contexts["task_pooling"])
+    return make_sampler(contexts["sampler"])
 
 
 def paired_results(before: Mapping | None, after: Mapping, modes: list[str]) -> dict:
